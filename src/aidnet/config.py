@@ -1,0 +1,119 @@
+"""Run configuration: one frozen dataclass, presets as YAML files, CLI overrides on top.
+
+The resolved configuration is saved beside every checkpoint (``RUN/config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aidnet.errors import AidnetError
+
+PRESETS = ("tiny", "demo", "paper")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on (paper §2.4 defaults in the ``paper`` preset)."""
+
+    preset: str = "demo"
+    model: str = "aidnet"
+    input_size: tuple[int, int, int] = (32, 48, 64)  # (Z, Y, X) network grid
+    features: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.0
+    strategy: int = 2  # 1: two classes (CAC yes/no); 2: three classes (0, 1–399, >=400)
+    lambda_: float = 0.001  # weight of the contrastive loss
+    margin: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 2
+    epochs: int = 100
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    augment: bool = True
+    max_shift: int = 2  # voxels of random translation on the network grid
+    num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.strategy == 1 else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["input_size"] = list(self.input_size)
+        out["features"] = list(self.features)
+        out["lambda"] = out.pop("lambda_")
+        return out
+
+    def validate(self) -> Config:
+        if self.strategy not in (1, 2):
+            raise AidnetError(f"strategy must be 1 or 2, not {self.strategy}")
+        if len(self.input_size) != 3 or min(self.input_size) < 8:
+            raise AidnetError(f"input_size must be three sizes >= 8, not {self.input_size}")
+        if self.lambda_ < 0:
+            raise AidnetError(f"lambda must be >= 0, not {self.lambda_}")
+        if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
+            raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise AidnetError("epochs and batch_size must be >= 1")
+        return self
+
+
+def _from_mapping(data: dict[str, Any], source: str) -> Config:
+    data = dict(data)
+    if "lambda" in data:
+        data["lambda_"] = data.pop("lambda")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AidnetError(f"{source}: unknown configuration keys: {', '.join(unknown)}")
+    for key in ("input_size", "features"):
+        if key in data:
+            data[key] = tuple(int(v) for v in data[key])
+    return Config(**data)
+
+
+def load_config(preset_or_path: str, **overrides: Any) -> Config:
+    """A preset name (tiny, demo, paper) or a YAML file, with non-None overrides applied."""
+    path = Path(preset_or_path)
+    if preset_or_path in PRESETS:
+        text = resources.files("aidnet.presets").joinpath(f"{preset_or_path}.yaml").read_text()
+        source = f"preset {preset_or_path}"
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+        source = str(path)
+    else:
+        raise AidnetError(
+            f"{preset_or_path}: not a preset ({', '.join(PRESETS)}) nor a YAML config file"
+        )
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise AidnetError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise AidnetError(f"{source}: expected a mapping of configuration keys")
+    config = _from_mapping(data, source)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        config = dataclasses.replace(config, **changes)
+    return config.validate()
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_saved_config(path: Path) -> Config:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise AidnetError(f"{path}: cannot read the run configuration ({exc})") from None
+    return _from_mapping(data, str(path)).validate()

@@ -1,0 +1,1 @@
+"""Cohort manifests, subject-level splits, the preprocessed-scan cache and datasets."""

@@ -1,0 +1,59 @@
+"""NIfTI reading and writing (nibabel), converting to and from the canonical (z, y, x) layout."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from aidnet.io.orient import reorient_canonical, spacing_of
+from aidnet.io.volume import Volume
+
+# A NIfTI array is indexed (i, j, k) = our (x, y, z): swap columns 0 and 2 of the affine.
+_SWAP = [2, 1, 0, 3]
+
+
+def read_nifti(path: Path) -> Volume:
+    """Read a NIfTI file as a canonical float32 :class:`Volume` (scl_slope/inter applied)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if len(img.shape) != 3:
+        raise ValueError(f"expected a 3-D image, found shape {tuple(img.shape)}")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    affine = np.asarray(img.affine, dtype=np.float64)[:, _SWAP]
+    array, affine = reorient_canonical(np.transpose(data, (2, 1, 0)), affine)
+    return Volume(array=array, spacing=spacing_of(affine), affine=affine)
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path:
+    """Write a (z, y, x) array with its (z, y, x) affine as NIfTI, atomically.
+
+    The array's dtype is kept (use int16 for HU, uint8 for label maps, float32 for heat maps).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aff = np.asarray(affine, dtype=np.float64)[:, _SWAP]
+    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(array, (2, 1, 0))), aff)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_volume(volume: Volume, path: Path | str) -> Path:
+    """Write a :class:`Volume` as NIfTI with its own dtype and affine."""
+    return write_nifti(volume.array, volume.affine, path)

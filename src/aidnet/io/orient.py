@@ -1,0 +1,44 @@
+"""Reorientation of any (array, affine) pair to the canonical (z, y, x) orientation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# For each canonical array axis (z, y, x): the RAS world axis it runs along and its sign.
+# z → −S (feet), y → −A (posterior), x → −R (patient left).
+_TARGET = ((2, -1.0), (1, -1.0), (0, -1.0))
+
+
+def reorient_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute and flip the axes of ``array`` so that it is canonical; return (array, affine).
+
+    ``affine`` maps the array's own index (i0, i1, i2, 1) to RAS mm. Only axis permutations and
+    flips are applied (no resampling), so an oblique scan stays oblique in its affine.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    m = affine[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms == 0):
+        raise ValueError("affine has a zero-length axis")
+    unit = m / norms
+    # world axis each array axis mostly runs along
+    dominant = np.argmax(np.abs(unit), axis=0)
+    if len(set(dominant.tolist())) != 3:
+        raise ValueError("affine axes are degenerate (two array axes along one world axis)")
+    perm = [int(np.where(dominant == world)[0][0]) for world, _ in _TARGET]
+    out = np.transpose(array, perm)
+    new_affine = affine.copy()
+    new_affine[:, :3] = affine[:, perm]
+    for axis, (world, sign) in enumerate(_TARGET):
+        if np.sign(new_affine[world, axis]) != sign:
+            out = np.flip(out, axis=axis)
+            n = out.shape[axis]
+            new_affine[:3, 3] = new_affine[:3, 3] + new_affine[:3, axis] * (n - 1)
+            new_affine[:3, axis] = -new_affine[:3, axis]
+    return np.ascontiguousarray(out), new_affine
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along each array axis, in mm."""
+    norms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return float(norms[0]), float(norms[1]), float(norms[2])

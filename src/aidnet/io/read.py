@@ -1,0 +1,53 @@
+"""One entry point for every supported CT format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aidnet.errors import AidnetError
+from aidnet.io.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def read_volume(path: Path | str) -> Volume:
+    """Read a DICOM series folder, NIfTI, NRRD or MHA/MHD file as a canonical HU volume.
+
+    Every failure is an :class:`AidnetError` naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AidnetError(f"{path}: file not found")
+    if path.is_dir():
+        from aidnet.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(path)
+    else:
+        name = path.name.lower()
+        if path.stat().st_size == 0:
+            raise AidnetError(f"{path}: file is empty")
+        try:
+            if name.endswith(NIFTI_SUFFIXES):
+                from aidnet.io.nifti import read_nifti
+
+                volume = read_nifti(path)
+            elif name.endswith(ITK_SUFFIXES):
+                from aidnet.io.itk import read_itk
+
+                volume = read_itk(path)
+            else:
+                raise AidnetError(
+                    f"{path}: unsupported file type (expected a DICOM folder, .nii, .nii.gz, "
+                    ".nrrd, .mha or .mhd)"
+                )
+        except AidnetError:
+            raise
+        except Exception as exc:  # readers raise many exception types for broken files
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AidnetError(f"{path}: not a readable image ({reason})") from None
+    if not np.isfinite(volume.array).all():
+        raise AidnetError(f"{path}: image contains NaN or infinite values")
+    return volume

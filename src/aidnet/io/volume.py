@@ -1,0 +1,65 @@
+"""The in-memory CT volume shared by every stage (DESIGN.md, "Conventions").
+
+Arrays are indexed ``(z, y, x)`` in the canonical orientation:
+
+* ``z`` runs head → feet (cranio-caudal),
+* ``y`` runs anterior → posterior,
+* ``x`` runs patient right → patient left (radiological display).
+
+``affine`` maps an array index ``(z, y, x, 1)`` to RAS+ world millimetres (the NIfTI
+convention). In the canonical orientation its 3×3 part is
+``[[0, 0, -sx], [0, -sy, 0], [-sz, 0, 0]]`` up to rounding: moving along +x goes to the
+patient's left (−R), along +y to posterior (−A), along +z to the feet (−S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def canonical_affine(
+    spacing: tuple[float, float, float], origin_ras: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> np.ndarray:
+    """Affine of a canonical (z, y, x) array with ``spacing`` = (sz, sy, sx) mm.
+
+    ``origin_ras`` is the RAS position of voxel (0, 0, 0).
+    """
+    sz, sy, sx = (float(s) for s in spacing)
+    affine = np.zeros((4, 4))
+    affine[0, 2] = -sx
+    affine[1, 1] = -sy
+    affine[2, 0] = -sz
+    affine[:3, 3] = origin_ras
+    affine[3, 3] = 1.0
+    return affine
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A CT scan in Hounsfield units with its geometry.
+
+    ``array`` is (Z, Y, X), float32 or int16 HU; ``spacing`` is (sz, sy, sx) in mm;
+    ``affine`` maps (z, y, x, 1) indices to RAS+ mm.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        z, y, x = self.array.shape
+        return int(z), int(y), int(x)
+
+    @property
+    def slice_thickness(self) -> float:
+        """Distance between axial slices in mm (the Agatston slice thickness)."""
+        return float(self.spacing[0])
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same geometry with other voxel values (a mask, a heat map)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} does not match volume {self.array.shape}")
+        return Volume(array=array, spacing=self.spacing, affine=self.affine)

@@ -1,0 +1,70 @@
+"""Checkpoints: atomic writes, safe loading (``weights_only=True``), clear errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aidnet.errors import AidnetError
+
+FORMAT = "aidnet-checkpoint-1"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by aidnet; any other file is one clear error."""
+    if not path.is_file():
+        raise AidnetError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AidnetError(f"{path}: not a readable aidnet checkpoint ({reason[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise AidnetError(f"{path}: not an aidnet checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def resolve_checkpoint(run_or_file: Path, which: str = "best") -> Path:
+    """A run folder (→ its best.pt) or a checkpoint file."""
+    if run_or_file.is_dir():
+        return run_or_file / f"{which}.pt"
+    return run_or_file
+
+
+def build_from_checkpoint(state: dict[str, Any], path: Path):
+    """Instantiate the model a checkpoint was trained as and load its weights."""
+    from aidnet.models.registry import build_model
+
+    spec = state.get("model_spec")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise AidnetError(f"{path}: checkpoint has no model description")
+    model = build_model(
+        spec["name"],
+        in_channels=int(spec.get("in_channels", 2)),
+        num_classes=int(spec["num_classes"]),
+        features=tuple(spec["features"]),
+        dropout=float(spec.get("dropout", 0.0)),
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).splitlines()[0]
+        raise AidnetError(f"{path}: weights do not fit model {spec['name']} ({first})") from None
+    model.eval()
+    return model
