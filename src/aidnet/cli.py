@@ -1,0 +1,201 @@
+"""The ``aidnet`` command line. Heavy imports live inside the commands so ``--help`` is instant.
+
+Every user mistake or bad input ends as one line ``aidnet: error: …`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from aidnet.errors import AidnetError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Weakly supervised coronary artery calcium detection in chest CT (AID-Net).",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn AidnetError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AidnetError as exc:
+            typer.echo(f"aidnet: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("aidnet: interrupted; finished work is kept, re-run to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Folder for manifest.csv, images/ and labels/."),
+    subjects: int = typer.Option(20, "--subjects", min=1, help="Number of subjects (2 scans each)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the cohort is deterministic."),
+    size: str = typer.Option("small", "--size", help="full (512x512) or small (coarse grid)."),
+    dicom_fraction: float = typer.Option(
+        0.0, "--dicom-fraction", min=0.0, max=1.0, help="Share of scans also written as DICOM."
+    ),
+) -> None:
+    """Write a synthetic non-contrast chest-CT cohort with exact Agatston truth."""
+    from aidnet.phantom import make_cohort
+
+    if size not in ("full", "small"):
+        raise AidnetError(f"--size must be 'full' or 'small', not '{size}'")
+    manifest = make_cohort(
+        out, subjects=subjects, seed=seed, size=size, dicom_fraction=dicom_fraction, progress=True
+    )
+    typer.echo(f"wrote {manifest}")
+
+
+@app.command()
+@friendly
+def agatston(
+    image: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
+    mask: Path | None = typer.Option(None, "--mask", help="Label map on the same grid."),
+    label: int = typer.Option(1, "--label", help="Label of the mask whose lesions count."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Agatston score, risk category and lesions of one scan (definition: see README)."""
+    import json
+
+    import numpy as np
+
+    from aidnet.agatston import agatston as score
+    from aidnet.io.read import read_volume
+
+    volume = read_volume(image)
+    labels = None
+    if mask is not None:
+        labels = read_volume(mask).array
+        if labels.shape != volume.array.shape:
+            raise AidnetError(
+                f"{mask}: mask shape {labels.shape} does not match image shape {volume.array.shape}"
+            )
+        labels = np.rint(labels).astype(np.int32)
+    result = score(volume.array, volume.spacing, mask=labels, label=label)
+    if as_json:
+        typer.echo(json.dumps({"image": str(image), **result.to_dict()}, indent=2))
+        return
+    typer.echo(f"Agatston score: {result.score:.2f}")
+    typer.echo(f"risk category:  {result.category}")
+    typer.echo(f"lesions:        {len(result.lesions)}")
+    if result.lesions:
+        typer.echo(f"{'slice':>6} {'area_mm2':>9} {'peak_HU':>8} {'weight':>6} {'score':>8}")
+        for les in result.lesions:
+            typer.echo(
+                f"{les.slice_index:>6} {les.area_mm2:>9.2f} {les.peak_hu:>8.0f} "
+                f"{les.weight:>6} {les.score:>8.2f}"
+            )
+
+
+@app.command()
+@friendly
+def train(
+    manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, logs, split)."),
+    preset: str = typer.Option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    model: str | None = typer.Option(None, "--model", help="aidnet or idnet."),
+    strategy: int | None = typer.Option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
+    lambda_: float | None = typer.Option(None, "--lambda", help="Contrastive loss weight."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    seed: int | None = typer.Option(None, "--seed"),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Preprocessing processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 …"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Train a model on the manifest's scan–rescan pairs from Agatston scores alone."""
+    from aidnet.config import load_config
+    from aidnet.training.loop import train as run_training
+
+    config = load_config(
+        preset, model=model, strategy=strategy, lambda_=lambda_, epochs=epochs, seed=seed
+    )
+    best = run_training(
+        config, manifest, out, resume=resume, cache_dir=cache, workers=workers, device=device
+    )
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions.csv and metrics.json."),
+    split: str = typer.Option(
+        "all", "--split", help="all, or test/val/train of the run's saved split."
+    ),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
+) -> None:
+    """Predict every labelled scan of a manifest and write predictions and metrics."""
+    from aidnet.pipeline import evaluate_run
+
+    metrics = evaluate_run(checkpoint, manifest, out, split=split, cache_dir=cache)
+    typer.echo(_metrics_line(metrics))
+    typer.echo(f"wrote {out / 'predictions.csv'} and {out / 'metrics.json'}")
+
+
+@app.command()
+@friendly
+def explain(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Folder for heat maps and PNG overlays."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many scans."),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
+) -> None:
+    """Grad-CAM (and SAG attention) heat maps on each scan's own grid, as NIfTI and PNG."""
+    from aidnet.pipeline import explain_manifest
+
+    written = explain_manifest(checkpoint, manifest, out, limit=limit, cache_dir=cache)
+    typer.echo(f"wrote heat maps for {len(written)} scans to {out}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for everything."),
+    subjects: int = typer.Option(120, "--subjects", min=10, help="Phantom subjects."),
+    preset: str = typer.Option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The whole job on a built-in synthetic cohort: phantom → train → evaluate → explain → report."""
+    from aidnet.pipeline import run_demo
+
+    metrics = run_demo(out, subjects=subjects, preset=preset, seed=seed)
+    typer.echo(_metrics_line(metrics))
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def _metrics_line(metrics: dict) -> str:
+    auc = metrics.get("auc")
+    ci = metrics.get("auc_ci95") or [None, None]
+    auc_text = "n/a" if auc is None else f"{auc:.3f}"
+    if auc is not None and ci[0] is not None:
+        auc_text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
+    return f"test AUC {auc_text}, accuracy {metrics.get('accuracy', float('nan')):.3f}, n={metrics.get('n')}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

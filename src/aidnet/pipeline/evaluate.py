@@ -1,0 +1,74 @@
+"""``aidnet evaluate``: raw images in, DESIGN.md outputs out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aidnet.pipeline.common import cached_items, load_trained, raise_if_failed, select_records
+
+
+def evaluate_run(
+    checkpoint: Path,
+    manifest: Path,
+    out: Path,
+    *,
+    split: str = "all",
+    cache_dir: Path | None = None,
+    n_boot: int = 1000,
+) -> dict:
+    """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics."""
+    from aidnet.evaluation.metrics import binary_metrics, multiclass_confusion
+    from aidnet.evaluation.plots import plot_confusion, plot_roc
+    from aidnet.evaluation.predictions import write_metrics_json, write_predictions_csv
+    from aidnet.training.loop import predict_items
+
+    trained = load_trained(checkpoint)
+    records = select_records(manifest, trained, split)
+    out.mkdir(parents=True, exist_ok=True)
+    items, failures = cached_items(records, trained, cache_dir, out)
+    probs = predict_items(trained.model, items, trained.num_classes, torch.device("cpu"))
+    rows = []
+    for item, p in zip(items, probs, strict=True):
+        label = item.record.label
+        if label is not None and trained.num_classes == 2:
+            label = int(label > 0)
+        padded = list(p) + [0.0] * (3 - len(p))
+        rows.append(
+            {
+                "subject": item.record.subject,
+                "visit": item.record.visit,
+                "p_cac": float(p[1:].sum()),
+                "p_class0": float(padded[0]),
+                "p_class1": float(padded[1]),
+                "p_class2": float(padded[2]),
+                "predicted": int(np.argmax(p)),
+                "label": "" if label is None else int(label),
+                **item.record.extras,
+            }
+        )
+    write_predictions_csv(out / "predictions.csv", rows)
+    labelled = [r for r in rows if r["label"] != ""]
+    y = np.array([int(int(r["label"]) > 0) for r in labelled])
+    p_cac = np.array([r["p_cac"] for r in labelled])
+    metrics = binary_metrics(y, p_cac, n_boot=n_boot) if labelled else {"n": 0, "auc": None}
+    metrics["checkpoint"] = str(trained.path)
+    metrics["model"] = trained.spec["name"]
+    metrics["split"] = split
+    metrics["n_failed"] = len(failures)
+    if labelled:
+        plot_roc({trained.spec["name"]: (metrics["roc"]["fpr"], metrics["roc"]["tpr"],
+                                          metrics["auc"])}, out / "roc.png")
+        plot_confusion(metrics["confusion_2x2"], ["no CAC", "CAC"], out / "confusion_2x2.png",
+                       "CAC detection (2x2)")
+        if trained.num_classes == 3:
+            truth = [int(r["label"]) for r in labelled]
+            predicted = [int(r["predicted"]) for r in labelled]
+            metrics["confusion_3x3"] = multiclass_confusion(truth, predicted, num_classes=3)
+            plot_confusion(metrics["confusion_3x3"], ["0", "1-399", ">=400"],
+                           out / "confusion_3x3.png", "Agatston class (3x3)")
+    write_metrics_json(out / "metrics.json", metrics)
+    raise_if_failed(failures, "evaluated")
+    return metrics
