@@ -106,6 +106,29 @@ def agatston(
 
 @app.command()
 @friendly
+def preprocess(
+    manifest: Path = typer.Argument(..., help="Cohort manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Cache folder (one file per scan)."),
+    preset: str = typer.Option("demo", "--preset", help="Sets the network input size."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
+) -> None:
+    """Preprocess every scan of a manifest into the cache (resumable; failures are skipped)."""
+    from aidnet.config import load_config
+    from aidnet.data.cache import preprocess_cohort
+    from aidnet.data.manifest import read_manifest
+
+    config = load_config(preset)
+    records = read_manifest(manifest)
+    done, failures = preprocess_cohort(records, out, config.input_size, workers=workers)
+    for key in sorted(failures):
+        typer.echo(f"failed {key}: {failures[key]}", err=True)
+    typer.echo(f"{len(done)} of {len(records)} scans preprocessed into {out}")
+    if failures:
+        raise AidnetError(f"{len(failures)} scan(s) failed; see the lines above")
+
+
+@app.command()
+@friendly
 def train(
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, logs, split)."),

@@ -191,6 +191,7 @@ def train(
     spec = _model_spec(config)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: resumable per epoch
         model.train()
         train_set.set_epoch(epoch)
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
