@@ -1,0 +1,16 @@
+"""The network family (paper §2.2–2.3): AID-Net, ID-Net and the single-scan baselines."""
+
+from aidnet.models.aidnet import AIDNet, SingleOutput
+from aidnet.models.blocks import ConvBlock3d, SoftAttentionGate3d
+from aidnet.models.encoder import Encoder3d
+from aidnet.models.registry import MODELS, build_model
+
+__all__ = [
+    "MODELS",
+    "AIDNet",
+    "ConvBlock3d",
+    "Encoder3d",
+    "SingleOutput",
+    "SoftAttentionGate3d",
+    "build_model",
+]

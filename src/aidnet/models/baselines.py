@@ -1,0 +1,99 @@
+"""Single-scan baselines of the paper's comparison (§3): 3-D ResNet-101 and DenseNet-121.
+
+Both come from MONAI with random initialisation (nothing is downloaded) and are wrapped to
+expose the same ``forward_single`` / ``forward`` API as :class:`~aidnet.models.AIDNet`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from aidnet.models.aidnet import SingleOutput
+
+
+class _SingleScanModel(nn.Module):
+    siamese: bool = False
+    dropout: nn.Dropout
+    classifier: nn.Linear
+
+    def _features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_single(self, x: Tensor) -> SingleOutput:
+        """One batch of scans through the network; ``features`` is the map before pooling."""
+        features = self._features(x)
+        logits = self.classifier(self.dropout(features.mean(dim=(2, 3, 4))))
+        return SingleOutput(logits=logits, features=features, attention=None)
+
+    def forward(
+        self, x1: Tensor, x2: Tensor | None = None
+    ) -> tuple[SingleOutput, SingleOutput | None]:
+        """Each scan independently (these baselines are not trained on pairs)."""
+        return self.forward_single(x1), (None if x2 is None else self.forward_single(x2))
+
+
+class ResNet101Baseline(_SingleScanModel):
+    """3-D ResNet-101 baseline (paper §3), MONAI ``resnet101``, ``pretrained=False``.
+
+    ``features`` is accepted for a uniform constructor and ignored (the architecture is fixed).
+    Inputs need each spatial axis >= 16 voxels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        num_classes: int = 3,
+        features: tuple[int, ...] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import resnet101
+
+        net = resnet101(
+            pretrained=False,
+            spatial_dims=3,
+            n_input_channels=in_channels,
+            num_classes=num_classes,
+            feed_forward=False,
+        )
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.act)
+        self.maxpool = None if net.no_max_pool else net.maxpool
+        self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2048, num_classes)  # layer4: 512 planes × expansion 4
+
+    def _features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return self.layers(x)
+
+
+class DenseNet121Baseline(_SingleScanModel):
+    """3-D DenseNet-121 baseline (paper §3), MONAI ``DenseNet121``, ``pretrained=False``.
+
+    ``features`` is the ReLU'd output of the dense blocks (MONAI's Grad-CAM layer
+    ``class_layers.relu``). ``features`` (the argument) is ignored. Inputs need each spatial
+    axis >= 32 voxels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        num_classes: int = 3,
+        features: tuple[int, ...] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import DenseNet121
+
+        net = DenseNet121(
+            spatial_dims=3, in_channels=in_channels, out_channels=num_classes, pretrained=False
+        )
+        self.body = net.features
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(1024, num_classes)  # channels after the last dense block
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.relu(self.body(x))

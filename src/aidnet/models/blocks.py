@@ -1,0 +1,61 @@
+"""Small 3-D building blocks: the encoder's conv block and the soft attention gate."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvBlock3d(nn.Sequential):
+    """Two 3×3×3 conv–BatchNorm–ReLU layers, optionally followed by channel dropout.
+
+    One stage of the plain 3-D CNN encoder of AID-Net (paper §2.2, Figure 2).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            layers += [
+                nn.Conv3d(c_in, out_channels, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm3d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+        if dropout > 0:
+            layers.append(nn.Dropout3d(dropout))
+        super().__init__(*layers)
+
+
+class SoftAttentionGate3d(nn.Module):
+    """3-D soft attention gate (SAG), Schlemper et al.'s grid attention extended to 3-D (§2.3).
+
+    ``theta`` maps ``x`` onto a grid half its size (2×2×2 conv, stride 2), ``phi`` maps the
+    gating signal ``g`` (1×1×1 conv) and is resampled onto theta's grid; ``psi`` turns
+    ``ReLU(theta(x) + phi(g))`` into one channel whose sigmoid is the attention map. The map is
+    resampled back to ``x``'s grid, multiplies ``x``, and the gated features go through a
+    1×1×1 conv + BatchNorm (``W`` in the original). The intermediate width is 32 as in §2.3.
+
+    ``forward(x, g)`` returns ``(gated, attention)``: gated is ``B×in_channels×Z×Y×X`` and
+    attention ``B×1×Z×Y×X`` with values in [0, 1], both on ``x``'s grid.
+    """
+
+    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int = 32) -> None:
+        super().__init__()
+        self.theta = nn.Conv3d(in_channels, inter_channels, kernel_size=2, stride=2, bias=False)
+        self.phi = nn.Conv3d(gating_channels, inter_channels, kernel_size=1)
+        self.psi = nn.Conv3d(inter_channels, 1, kernel_size=1)
+        self.out = nn.Sequential(
+            nn.Conv3d(in_channels, in_channels, kernel_size=1),
+            nn.BatchNorm3d(in_channels),
+        )
+
+    def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        theta_x = self.theta(x)
+        phi_g = F.interpolate(
+            self.phi(g), size=theta_x.shape[2:], mode="trilinear", align_corners=False
+        )
+        attention = self.psi(F.relu(theta_x + phi_g)).sigmoid()
+        attention = F.interpolate(
+            attention, size=x.shape[2:], mode="trilinear", align_corners=False
+        )
+        gated = self.out(x * attention)
+        return gated, attention

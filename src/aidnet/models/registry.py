@@ -1,0 +1,43 @@
+"""The model zoo: name → constructor (paper §2.2–2.3 and the §3 baselines)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from aidnet.errors import AidnetError
+from aidnet.models.aidnet import AIDNet
+from aidnet.models.baselines import DenseNet121Baseline, ResNet101Baseline
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "aidnet": partial(AIDNet, attention=True),
+    "idnet": partial(AIDNet, attention=False),
+    "resnet101": ResNet101Baseline,
+    "densenet121": DenseNet121Baseline,
+}
+
+
+def build_model(
+    name: str,
+    *,
+    in_channels: int = 2,
+    num_classes: int = 3,
+    features: tuple[int, ...] = (16, 32, 64, 128),
+    dropout: float = 0.0,
+    **kw,
+) -> nn.Module:
+    """Build a registered model by name (``aidnet``, ``idnet``, ``resnet101``, ``densenet121``).
+
+    Every model exposes ``siamese``, ``forward_single(x)`` and ``forward(x1, x2=None)``.
+    """
+    if name not in MODELS:
+        raise AidnetError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](
+        in_channels=in_channels,
+        num_classes=num_classes,
+        features=tuple(features),
+        dropout=dropout,
+        **kw,
+    )

@@ -1,0 +1,63 @@
+"""Hand-computed values for the contrastive and pair losses (paper §2.2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aidnet.losses import PairLoss, contrastive_loss
+
+
+def test_contrastive_same_class_is_half_squared_distance():
+    a = torch.tensor([[1.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.6, 0.4]])  # D² = 1 + 0.36 + 0.16 = 1.52
+    loss = contrastive_loss(a, b, torch.tensor([False]), margin=1.0)
+    assert float(loss) == pytest.approx(0.5 * 1.52)
+
+
+def test_contrastive_different_class_uses_margin_and_clamps():
+    a = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    b = torch.tensor([[0.8, 0.2], [0.0, 1.0]])
+    # D = 0.3·√2 ≈ 0.4243 (inside margin 1) and √2 (beyond margin: clamped to 0).
+    d1 = 0.3 * math.sqrt(2)
+    loss = contrastive_loss(a, b, torch.tensor([True, True]), margin=1.0)
+    assert float(loss) == pytest.approx((0.5 * (1 - d1) ** 2 + 0.0) / 2)
+    # Mixed batch: first pair similar, second different with margin 2.
+    mixed = contrastive_loss(a, b, torch.tensor([0, 1]), margin=2.0)
+    expected = (0.5 * d1**2 + 0.5 * (2 - math.sqrt(2)) ** 2) / 2
+    assert float(mixed) == pytest.approx(expected)
+
+
+def test_contrastive_identical_outputs():
+    p = torch.tensor([[0.2, 0.3, 0.5]])
+    assert float(contrastive_loss(p, p, torch.tensor([False]))) == 0.0
+    assert float(contrastive_loss(p, p, torch.tensor([True]), margin=1.0)) == pytest.approx(0.5)
+
+
+def test_pair_loss_lambda_zero_is_exactly_two_ce():
+    torch.manual_seed(0)
+    l1, l2 = torch.randn(4, 3), torch.randn(4, 3)
+    y1, y2 = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 2, 2, 0])
+    total, parts = PairLoss(lambda_=0.0)(l1, l2, y1, y2)
+    ce = F.cross_entropy(l1, y1) + F.cross_entropy(l2, y2)
+    assert torch.equal(total, ce)
+    assert parts["contrastive"] > 0  # still reported
+    assert parts["ce"] == pytest.approx(float(ce)) and parts["loss"] == pytest.approx(float(ce))
+
+
+def test_pair_loss_adds_weighted_contrastive_on_softmax():
+    torch.manual_seed(1)
+    l1 = torch.randn(3, 3, requires_grad=True)
+    l2 = torch.randn(3, 3, requires_grad=True)
+    y1, y2 = torch.tensor([0, 1, 2]), torch.tensor([0, 2, 2])
+    total, parts = PairLoss(lambda_=0.5, margin=1.0)(l1, l2, y1, y2)
+    c = contrastive_loss(l1.softmax(1), l2.softmax(1), torch.tensor([0, 1, 0]), 1.0)
+    ce1, ce2 = F.cross_entropy(l1, y1), F.cross_entropy(l2, y2)
+    assert total.item() == pytest.approx((ce1 + ce2 + 0.5 * c).item())
+    assert parts["ce1"] == pytest.approx(ce1.item()) and parts["ce2"] == pytest.approx(ce2.item())
+    assert parts["contrastive"] == pytest.approx(c.item())
+    total.backward()
+    assert l1.grad is not None and torch.isfinite(l1.grad).all()

@@ -1,0 +1,120 @@
+"""Shape, range, gradient and weight-sharing checks for the model zoo (paper §2.2–2.3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aidnet.errors import AidnetError
+from aidnet.models import MODELS, AIDNet, Encoder3d, SoftAttentionGate3d, build_model
+
+TINY = (16, 24, 32)
+# Smallest inputs the MONAI baselines accept quickly (downsampling by 32).
+BASELINE_INPUT = {"resnet101": (16, 16, 16), "densenet121": (32, 32, 32)}
+
+
+def _input(name: str, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 2, *BASELINE_INPUT.get(name, TINY), generator=gen)
+
+
+def test_attention_gate_shapes_range_and_gradients():
+    torch.manual_seed(0)
+    gate = SoftAttentionGate3d(in_channels=8, gating_channels=16, inter_channels=4)
+    x = torch.randn(2, 8, 4, 6, 8, requires_grad=True)
+    g = torch.randn(2, 16, 2, 3, 4, requires_grad=True)
+    gated, attention = gate(x, g)
+    assert gated.shape == (2, 8, 4, 6, 8)
+    assert attention.shape == (2, 1, 4, 6, 8)
+    assert float(attention.detach().min()) >= 0.0 and float(attention.detach().max()) <= 1.0
+    assert float(attention.detach().std()) > 0  # not a constant map
+    (gated.square().mean() + attention.mean()).backward()
+    for t in (x, g):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_attention_gate_odd_grid():
+    gate = SoftAttentionGate3d(4, 8)
+    gated, attention = gate(torch.randn(1, 4, 5, 7, 9), torch.randn(1, 8, 2, 3, 4))
+    assert gated.shape == (1, 4, 5, 7, 9) and attention.shape == (1, 1, 5, 7, 9)
+
+
+@pytest.mark.parametrize("size", [(16, 24, 32), (64, 128, 192)])
+def test_encoder_stage_shapes(size):
+    enc = Encoder3d(in_channels=2, features=(4, 8, 16, 32))
+    with torch.no_grad():
+        maps = enc(torch.zeros(1, 2, *size))
+    assert [m.shape[1] for m in maps] == [4, 8, 16, 32]
+    for i, m in enumerate(maps):
+        assert tuple(m.shape[2:]) == tuple(s // 2**i for s in size)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_shapes_and_gradients(name, num_classes):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=2, num_classes=num_classes)
+    model.train()
+    x1, x2 = _input(name, 1), _input(name, 2)
+    o1, o2 = model(x1, x2) if model.siamese else (model.forward_single(x1), None)
+    outputs = [o for o in (o1, o2) if o is not None]
+    for out in outputs:
+        assert out.logits.shape == (2, num_classes)
+        assert torch.isfinite(out.logits).all()
+        assert out.features.dim() == 5 and out.features.shape[0] == 2
+        assert out.features.requires_grad
+        if name == "aidnet":
+            assert out.attention is not None
+            assert out.attention.shape == (2, 1, 4, 6, 8)  # the second-to-last stage's grid
+            assert (
+                0.0
+                <= float(out.attention.detach().min())
+                <= float(out.attention.detach().max())
+                <= 1.0
+            )
+        else:
+            assert out.attention is None
+    # features is the Grad-CAM target: the logits must depend on it.
+    (grad,) = torch.autograd.grad(o1.logits[:, 0].sum(), o1.features, retain_graph=True)
+    assert grad.abs().sum() > 0
+    sum(out.logits.square().mean() for out in outputs).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    assert model.siamese == (name in ("aidnet", "idnet"))
+
+
+@pytest.mark.parametrize("name", ["aidnet", "idnet"])
+def test_paths_share_one_encoder(name):
+    torch.manual_seed(0)
+    model = build_model(name, features=(4, 8, 16, 32)).eval()
+    assert sum(isinstance(m, Encoder3d) for m in model.modules()) == 1
+    n_params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(1, 2, *TINY)
+    with torch.no_grad():
+        a, b = model(x, x)
+        assert torch.equal(a.logits, b.logits)
+        single, none = model(x)
+        assert none is None and torch.equal(single.logits, a.logits)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    # Changing one encoder weight changes both paths identically.
+    y = torch.randn(1, 2, *TINY)
+    with torch.no_grad():
+        before1, before2 = (o.logits.clone() for o in model(x, y))
+        model.encoder.stages[0][0].weight.mul_(-1.5)
+        after1, after2 = (o.logits for o in model(x, y))
+    assert not torch.allclose(before1, after1) and not torch.allclose(before2, after2)
+
+
+def test_aidnet_head_sizes_and_attention_flag():
+    aid = AIDNet(features=(16, 32, 64, 128), attention=True)
+    idn = AIDNet(features=(16, 32, 64, 128), attention=False)
+    assert aid.classifier.in_features == 64 + 128 and idn.classifier.in_features == 128
+    assert aid.attention and not idn.attention and idn.gate is None
+    assert sum(p.numel() for p in aid.parameters()) == 905_060
+    assert sum(p.numel() for p in idn.parameters()) == 880_035
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(AidnetError, match="aidnet, idnet, resnet101, densenet121"):
+        build_model("unet")

@@ -1,0 +1,141 @@
+"""The synthetic cohort generator: geometry, determinism, classes, labels and exact scores."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from aidnet.agatston import agatston, score_class
+from aidnet.io.nifti import read_nifti
+from aidnet.phantom import make_cohort, render_pair
+
+
+@pytest.fixture(scope="module")
+def negative():
+    return render_pair(11, "small", 0)
+
+
+@pytest.fixture(scope="module")
+def severe():
+    return render_pair(12, "small", 2)
+
+
+def test_small_scan_geometry(negative):
+    for volume, labels, info in negative:
+        assert volume.array.dtype == np.int16 and labels.dtype == np.uint8
+        nz, ny, nx = volume.shape
+        assert (ny, nx) == (128, 128) and 50 <= nz <= 100
+        sz, sy, sx = volume.spacing
+        assert sz in (4.0, 4.5, 5.0) and 2.8 <= sy == sx <= 3.6
+        assert info["thickness_mm"] == sz and info["pixel_mm"] == sx
+        assert 8 <= info["noise_hu"] <= 35
+        np.testing.assert_allclose(np.abs(np.diag(volume.affine[:3, :3][:, ::-1])), [sx, sy, sz])
+        assert volume.affine[0, 2] < 0 and volume.affine[1, 1] < 0 and volume.affine[2, 0] < 0
+        assert labels.shape == volume.shape
+        assert set(np.unique(labels)) <= {0, 2, 3}
+
+
+def test_same_seed_same_arrays_other_seed_differs(negative):
+    again = render_pair(11, "small", 0)
+    for (v1, l1, _), (v2, l2, _) in zip(negative, again, strict=True):
+        np.testing.assert_array_equal(v1.array, v2.array)
+        np.testing.assert_array_equal(l1, l2)
+        np.testing.assert_array_equal(v1.affine, v2.affine)
+    other = render_pair(13, "small", 0)
+    assert other[0][0].shape != negative[0][0].shape or not np.array_equal(
+        other[0][0].array, negative[0][0].array
+    )
+
+
+def _lung_centroid_ras(volume, labels):
+    idx = np.argwhere(labels == 3).mean(axis=0)
+    return volume.affine @ np.r_[idx, 1.0]
+
+
+def test_rescan_is_a_new_acquisition_of_the_same_anatomy(negative):
+    (v1, l1, i1), (v2, l2, i2) = negative
+    assert i1["shift_mm"] != i2["shift_mm"] and i1["noise_hu"] != i2["noise_hu"]
+    # the lungs moved with the patient shift (in-plane; z also moves with the planned range)
+    moved = _lung_centroid_ras(v2, l2)[:2] - _lung_centroid_ras(v1, l1)[:2]
+    expected = -(np.array(i2["shift_mm"][:2]) - np.array(i1["shift_mm"][:2]))  # RA = -(x, y)
+    np.testing.assert_allclose(moved, expected, atol=6.0)
+    # same anatomy: lung volumes agree within a few per cent
+    vol1 = (l1 == 3).sum() * np.prod(v1.spacing)
+    vol2 = (l2 == 3).sum() * np.prod(v2.spacing)
+    assert 2.0e6 < vol1 < 9.0e6 and abs(vol1 - vol2) / vol1 < 0.1
+
+
+def test_forced_classes(negative, severe):
+    for volume, labels, info in negative:
+        assert info["agatston"] == 0.0 and info["category"] == "0"
+        assert agatston(volume.array, volume.spacing, mask=labels, label=1).score == 0.0
+    for volume, labels, info in severe:
+        assert (labels == 1).any()
+        assert info["agatston"] >= 400 and score_class(info["agatston"]) == 2
+        full = agatston(volume.array, volume.spacing, mask=labels, label=1).score
+        assert full == pytest.approx(info["agatston"], rel=1e-12)
+    mild = render_pair(21, "small", 1)
+    assert all(0 < info["agatston"] < 400 for _, _, info in mild)
+
+
+def test_negative_subjects_still_have_bright_non_coronary_voxels(negative):
+    for volume, labels, _ in negative:
+        bright = volume.array >= 130
+        assert bright.sum() > 1000  # bone, cartilage, table ...
+        assert not (bright & (labels == 1)).any()
+        assert (labels == 3).sum() > 10_000
+
+
+def test_distractors_are_drawn_for_both_classes():
+    from aidnet.phantom.anatomy import draw_subject
+
+    counts = {0: [], 2: []}
+    for cls in counts:
+        for s in range(12):
+            counts[cls].append(len(draw_subject(np.random.default_rng(s), cls).distractors))
+    assert sum(c > 0 for c in counts[0]) >= 6 and sum(c > 0 for c in counts[2]) >= 6
+
+
+def test_full_size_scan_covers_the_chest():
+    volume, labels, info = render_pair(5, "full", 1)[0]
+    nz, ny, nx = volume.shape
+    assert (ny, nx) == (512, 512) and 0.6 <= info["pixel_mm"] <= 0.9
+    assert 1.0 <= info["thickness_mm"] <= 3.0
+    assert nz * info["thickness_mm"] > 230
+    lung_rows = np.flatnonzero((labels == 3).any(axis=(1, 2)))
+    assert lung_rows[0] > 0 and lung_rows[-1] < nz - 1  # apices and bases inside the scan
+    assert 0 < info["agatston"] < 400
+
+
+def test_cohort_manifest_and_files(tmp_path):
+    manifest = make_cohort(tmp_path / "c", subjects=6, seed=3, size="small", dicom_fraction=0.25)
+    with manifest.open(encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == [
+        "subject",
+        "visit",
+        "path",
+        "agatston",
+        "category",
+        "thickness_mm",
+        "pixel_mm",
+        "label_path",
+    ]
+    assert len(rows) == 12
+    assert [r["visit"] for r in rows[:2]] == ["scan", "rescan"] and rows[0]["subject"] == "P0001"
+    assert sum(r["path"].startswith("dicom/") for r in rows) == 3
+    for r in rows:
+        image = read_nifti(manifest.parent / "images" / f"{r['subject']}_{r['visit']}.nii.gz")
+        labels = read_nifti(manifest.parent / r["label_path"]).array.astype(np.uint8)
+        score = agatston(image.array, image.spacing, mask=labels, label=1)
+        assert f"{score.score:.2f}" == r["agatston"] and score.category == r["category"]
+        assert float(r["thickness_mm"]) == pytest.approx(image.spacing[0])
+    dicom = next(r for r in rows if r["path"].startswith("dicom/"))
+    from aidnet.io.dicom import read_dicom_series
+
+    series = read_dicom_series(manifest.parent / dicom["path"])
+    labels = read_nifti(manifest.parent / dicom["label_path"]).array.astype(np.uint8)
+    assert f"{agatston(series.array, series.spacing, mask=labels).score:.2f}" == dicom["agatston"]
+    again = make_cohort(tmp_path / "d", subjects=6, seed=3, size="small", dicom_fraction=0.25)
+    assert again.read_text() == manifest.read_text()
