@@ -1,0 +1,56 @@
+"""The coarse working grid of lung segmentation: block-mean down, nearest-neighbour back up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+WORKING_MM = 2.0
+
+
+def working_factors(
+    spacing: tuple[float, float, float], shape: tuple[int, ...], target_mm: float = WORKING_MM
+) -> tuple[int, int, int]:
+    """Integer (fz, fy, fx) that bring each voxel side close to ``target_mm`` (never below 1)."""
+    return tuple(  # type: ignore[return-value]
+        int(min(n, max(1, round(target_mm / float(s)))))
+        for s, n in zip(spacing, shape, strict=True)
+    )
+
+
+def block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Float32 mean over (fz, fy, fx) blocks; a remainder that fills no whole block is dropped."""
+    fz, fy, fx = factors
+    nz, ny, nx = (n // f for n, f in zip(array.shape, factors, strict=True))
+    out = np.zeros((nz, ny, nx), dtype=np.float32)
+    for i in range(fz):
+        for j in range(fy):
+            for k in range(fx):
+                out += array[i : nz * fz : fz, j : ny * fy : fy, k : nx * fx : fx]
+    out *= np.float32(1.0 / (fz * fy * fx))
+    return out
+
+
+def block_any(mask: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Boolean OR over (fz, fy, fx) blocks, same block layout as :func:`block_mean`."""
+    fz, fy, fx = factors
+    nz, ny, nx = (n // f for n, f in zip(mask.shape, factors, strict=True))
+    out = np.zeros((nz, ny, nx), dtype=bool)
+    for i in range(fz):
+        for j in range(fy):
+            for k in range(fx):
+                out |= mask[i : nz * fz : fz, j : ny * fy : fy, k : nx * fx : fx] != 0
+    return out
+
+
+def upsample_nearest(
+    small: np.ndarray, shape: tuple[int, int, int], factors: tuple[int, int, int]
+) -> np.ndarray:
+    """Inverse of the block layout: every fine voxel takes its block's value (edges repeat)."""
+    out = small
+    for axis, (n, f) in enumerate(zip(shape, factors, strict=True)):
+        m = out.shape[axis]
+        if m * f == n:
+            out = np.repeat(out, f, axis=axis) if f > 1 else out
+        else:
+            out = np.take(out, np.minimum(np.arange(n) // f, m - 1), axis=axis)
+    return out

@@ -1,0 +1,145 @@
+"""Lung segmentation and lung hull on synthetic chest-like volumes with known lungs."""
+
+import numpy as np
+import pytest
+
+from aidnet.errors import AidnetError
+from aidnet.io.volume import Volume, canonical_affine
+from aidnet.lung import lung_hull, segment_lungs
+
+
+def synthetic_chest(
+    shape=(60, 96, 96), spacing=(4.0, 4.0, 4.0), gap_mm=30.0, seed=0
+) -> tuple[Volume, np.ndarray]:
+    """Body ellipse in air on a table with side rails, two lungs (1 right, 2 left), a trachea
+    and main bronchi, a spine, lung vessels; returns the volume and the true lung labels."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    z = (np.arange(nz) * sz)[:, None, None]
+    y = ((np.arange(ny) - (ny - 1) / 2) * sy)[None, :, None]
+    x = ((np.arange(nx) - (nx - 1) / 2) * sx)[None, None, :]
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body_b = 0.30 * ny * sy
+    body = (x / (0.40 * nx * sx)) ** 2 + (y / body_b) ** 2 <= 1.0
+    hu[np.broadcast_to(body, shape)] = 40.0
+    table = (y >= body_b + 6) & (y <= body_b + 14) & (np.abs(x) <= 0.45 * nx * sx)
+    rails = (y >= body_b - 30) & (y <= body_b + 14) & (np.abs(np.abs(x) - 0.40 * nx * sx) <= 6)
+    hu[np.broadcast_to(table | rails, shape)] = 150.0
+    zc, lz = nz * sz * 0.55, nz * sz * 0.35
+    lx, ly = 0.16 * nx * sx, 0.2 * ny * sy
+    truth = np.zeros(shape, dtype=np.uint8)
+    for label, side in ((1, -1), (2, 1)):
+        cx = side * (gap_mm / 2 + lx)
+        lung = ((z - zc) / lz) ** 2 + ((y - 5) / ly) ** 2 + ((x - cx) / lx) ** 2 <= 1.0
+        truth[lung] = label
+    hu[truth > 0] = -850.0
+    # trachea from the top down to the carina, bronchi into each lung
+    carina = zc - 0.45 * lz
+    trachea = (np.hypot(x, y + 10) <= 9) & (z <= carina)
+    for side in (-1, 1):
+        t = np.clip((z - carina) / 30.0, 0, 1)
+        trachea |= (
+            (np.hypot(x - side * t * (gap_mm / 2 + 12), y + 10) <= 6)
+            & (z >= carina)
+            & (z <= carina + 30)
+        )
+    hu[trachea & (truth == 0)] = -1000.0
+    spine = (np.hypot(x, y - body_b + 25) <= 18) & (z >= 0)
+    hu[np.broadcast_to(spine, shape)] = 700.0
+    for label in (1, 2):  # a few vessels / nodules inside each lung
+        zz, yy, xx = np.nonzero(truth == label)
+        for i in rng.choice(zz.size, 4, replace=False):
+            blob = ((z - zz[i] * sz) ** 2 + (y - y.ravel()[yy[i]]) ** 2) <= 36
+            blob = blob & ((x - x.ravel()[xx[i]]) ** 2 <= 36)
+            hu[blob & (truth == label)] = 40.0
+    hu += rng.normal(0, 20, shape).astype(np.float32)
+    return Volume(array=hu, spacing=spacing, affine=canonical_affine(spacing)), truth
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def voxel_of(volume: Volume, z_mm: float, y_mm: float, x_mm: float) -> tuple[int, int, int]:
+    """Index of the point given in the synthetic chest's mm frame (y, x centred)."""
+    (_nz, ny, nx), (sz, sy, sx) = volume.shape, volume.spacing
+    return round(z_mm / sz), round(y_mm / sy + (ny - 1) / 2), round(x_mm / sx + (nx - 1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "gap_mm"),
+    [
+        ((60, 96, 96), (4.0, 4.0, 4.0), 30.0),  # separate lungs, native grid
+        ((48, 320, 320), (5.0, 1.2, 1.2), 0.0),  # lungs touching, 2× working grid
+        ((60, 128, 128), (4.0, 3.0, 3.0), -12.0),  # lungs overlapping: split by erosion
+    ],
+)
+def test_segment_lungs_matches_truth_and_sides(shape, spacing, gap_mm):
+    volume, truth = synthetic_chest(shape, spacing, gap_mm)
+    labels = segment_lungs(volume)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert dice(labels == 1, truth == 1) >= 0.95  # 1 = right lung = smaller x
+    assert dice(labels == 2, truth == 2) >= 0.95
+    assert np.nonzero(labels == 1)[2].mean() < np.nonzero(labels == 2)[2].mean()
+    # the trachea above the lung apices is not lung; nor is the air under the table
+    apex = int(np.flatnonzero(truth.any(axis=(1, 2)))[0])
+    assert labels[: max(apex - 1, 0)].sum() == 0
+    assert not labels[:, -3:, :].any()
+
+
+def test_segment_lungs_on_int16_phantom():
+    from aidnet.phantom import render_pair
+
+    volume, labels, _ = render_pair(11, "small", 1)[0]
+    lungs = segment_lungs(volume)
+    assert dice(lungs > 0, labels == 3) >= 0.85
+    assert not (lungs > 0)[labels == 1].any()  # no coronary calcium inside the lung mask
+    assert np.nonzero(lungs == 1)[2].mean() < np.nonzero(lungs == 2)[2].mean()
+
+
+def test_head_without_lungs_raises():
+    shape, spacing = (40, 96, 96), (4.0, 2.5, 2.5)
+    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
+    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 2.5 / 95) ** 2 + (x * 2.5 / 75) ** 2)
+    hu = np.where(r <= 1.0, 700.0, -1000.0)
+    hu[r <= 0.93] = 35.0
+    sinus = np.sqrt((z * 4.0) ** 2 + ((y + 20) * 2.5) ** 2 + (x * 2.5) ** 2) <= 12
+    hu[sinus] = -1000.0
+    volume = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+    with pytest.raises(AidnetError, match="no lungs found"):
+        segment_lungs(volume)
+    tissue = Volume(np.full(shape, 40.0, np.float32), spacing, canonical_affine(spacing))
+    with pytest.raises(AidnetError, match="no lungs found"):
+        segment_lungs(tissue)
+
+
+def test_nan_raises():
+    volume, _ = synthetic_chest()
+    array = volume.array.copy()
+    array[3, 4, 5] = np.nan
+    with pytest.raises(AidnetError, match="image contains NaN values"):
+        segment_lungs(volume.with_array(array))
+
+
+def test_lung_hull_bridges_the_lungs_and_dilates():
+    mask = np.zeros((9, 30, 40), dtype=np.uint8)
+    mask[2:7, 10:20, 5:15] = 1
+    mask[2:7, 10:20, 25:35] = 2
+    hull = lung_hull(mask, dilation_iterations=0)
+    assert hull.dtype == bool
+    assert hull[4, 15, 20] and hull[4, 10:20, 5:35].all()  # the gap between the lungs
+    assert not hull[1].any() and hull.sum() == 5 * 10 * 30
+    dilated = lung_hull(mask, dilation_iterations=2)
+    assert dilated[0, 15, 20] and not dilated[0, 9, 5]  # city-block distance: 2 along z, 3 here
+    assert dilated[4, 8, 20] and not dilated[4, 7, 20]
+    assert dilated.sum() > hull.sum()
+
+
+def test_lung_hull_keeps_a_thin_crescent():
+    mask = np.zeros((3, 40, 40), dtype=bool)
+    mask[1, 5, 5:35] = True  # an L: its hull is ~8× its area
+    mask[1, 5:35, 5] = True
+    hull = lung_hull(mask, dilation_iterations=0)
+    assert np.array_equal(hull, mask)

@@ -1,0 +1,117 @@
+"""Crop geometry and the two-channel AID-Net input on synthetic chests."""
+
+import json
+
+import numpy as np
+import pytest
+
+from aidnet.errors import AidnetError
+from aidnet.io.volume import canonical_affine
+from aidnet.preprocess import CropGeometry, Sample, preprocess_volume
+from test_lung import synthetic_chest, voxel_of
+
+
+@pytest.fixture
+def geometry():
+    return CropGeometry(
+        original_shape=(50, 120, 140),
+        original_affine=canonical_affine((2.5, 0.8, 0.7), (10.0, -20.0, 30.0)),
+        crop_box=(7, 43, 20, 100, 15, 131),
+        network_shape=(16, 32, 48),
+    )
+
+
+def test_index_round_trip_within_one_voxel(geometry):
+    rng = np.random.default_rng(0)
+    net = rng.uniform(0, np.array(geometry.network_shape) - 1, size=(200, 3))
+    original = geometry.network_to_original_index(net)
+    assert original.shape == (200, 3)
+    assert (original >= np.array([7, 20, 15]) - 1).all() and (original <= [43, 100, 131]).all()
+    back = geometry.original_to_network_index(np.round(original))
+    assert np.abs(back - net).max() <= 1.0
+    assert np.allclose(geometry.original_to_network_index(original), net)
+    corner = geometry.network_to_original_index(np.array([[-0.5, -0.5, -0.5]]))
+    assert np.allclose(corner, [[6.5, 19.5, 14.5]])  # grids share their outer edges
+
+
+def test_network_affine_agrees_with_index_mapping(geometry):
+    net = np.array([[3.0, 5.0, 7.0]])
+    original = geometry.network_to_original_index(net)[0]
+    assert np.allclose(geometry.network_affine @ [*net[0], 1.0], geometry.affine @ [*original, 1.0])
+
+
+def test_to_original_of_ones_fills_the_crop_box(geometry):
+    out = geometry.to_original(np.ones(geometry.network_shape, dtype=np.float32))
+    assert out.shape == (50, 120, 140) and out.dtype == np.float32
+    inside = np.zeros(out.shape, dtype=bool)
+    inside[7:43, 20:100, 15:131] = True
+    assert np.allclose(out[inside], 1.0) and (out[~inside] == 0).all()
+    with pytest.raises(ValueError, match="shape"):
+        geometry.to_original(np.ones((4, 4, 4)))
+
+
+def test_dict_round_trip_is_json_safe(geometry):
+    data = json.loads(json.dumps(geometry.to_dict()))
+    assert CropGeometry.from_dict(data) == geometry
+    with pytest.raises(AidnetError, match="crop geometry"):
+        CropGeometry.from_dict({"crop_box": [0, 1, 0, 1, 0, 1]})
+
+
+@pytest.fixture(scope="module")
+def chest():
+    """1.2 mm in-plane chest with a 2.4 mm, 400 HU plaque in front of the spine, between the
+    lungs (heart region); returns (volume, truth, plaque voxel)."""
+    volume, truth = synthetic_chest((48, 320, 320), (5.0, 1.2, 1.2), gap_mm=30.0)
+    array = volume.array.copy()
+    z, y, x = voxel_of(volume, 130.0, -30.0, 0.0)
+    array[z, y : y + 2, x : x + 2] = 400.0
+    return volume.with_array(array), truth, (z, y, x)
+
+
+def test_preprocess_volume_channels(chest):
+    volume, truth, plaque = chest
+    sample = preprocess_volume(volume, (16, 48, 64))
+    assert isinstance(sample, Sample)
+    image, geometry = sample.image, sample.geometry
+    assert image.shape == (2, 16, 48, 64) and image.dtype == np.float32
+    assert image.min() >= 0.0 and image.max() <= 1.0
+    # the crop is the lungs' bounding box
+    zs, ys, xs = np.nonzero(truth)
+    box = np.array(geometry.crop_box)
+    assert np.abs(box[0::2] - [zs.min(), ys.min(), xs.min()]).max() <= 2
+    assert np.abs(box[1::2] - [zs.max() + 1, ys.max() + 1, xs.max() + 1]).max() <= 2
+    # the centre of each lung is −200 HU → 0.0
+    for side in (-1, 1):
+        centre = voxel_of(volume, 0.55 * 48 * 5.0, 5.0, side * (15 + 0.16 * 320 * 1.2))
+        net = np.round(geometry.original_to_network_index(np.array([centre]))[0]).astype(int)
+        assert image[0][tuple(net)] == 0.0
+    # soft tissue between the lungs: (40 + 200) / 800 = 0.3
+    heart = voxel_of(volume, 130.0, -10.0, 0.0)
+    net = np.round(geometry.original_to_network_index(np.array([heart]))[0]).astype(int)
+    assert image[0][tuple(net)] == pytest.approx(0.3, abs=0.05)
+    # 4 voxels of calcium in a ~30× smaller grid still light up channel 1
+    net = np.round(geometry.original_to_network_index(np.array([plaque]))[0]).astype(int)
+    lo = np.maximum(net - 1, 0)
+    assert image[1][lo[0] : net[0] + 2, lo[1] : net[1] + 2, lo[2] : net[2] + 2].max() == 1.0
+    back = geometry.to_original(image[1])
+    assert back.shape == volume.shape and back[plaque] > 0.25
+
+
+def test_preprocess_volume_with_given_lungs_and_upsampling(chest):
+    volume, truth, _ = chest
+    sample = preprocess_volume(volume, (64, 32, 32), lungs=truth)
+    assert sample.image.shape == (2, 64, 32, 32)
+    assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0
+    assert sample.geometry.crop_box[0::2] == tuple(
+        int(np.nonzero(truth.any(axis=a))[0][0]) for a in ((1, 2), (0, 2), (0, 1))
+    )
+    with pytest.raises(AidnetError, match="does not match"):
+        preprocess_volume(volume, (8, 8, 8), lungs=truth[:-1])
+
+
+def test_preprocess_volume_rejects_nan(chest):
+    volume, _, _ = chest
+    array = volume.array.copy()
+    array[0, 0, 0] = np.nan
+    with pytest.raises(AidnetError, match="image contains NaN values"):
+        preprocess_volume(volume.with_array(array), (8, 16, 16))
