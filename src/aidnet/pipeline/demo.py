@@ -24,12 +24,21 @@ def _gallery_keys(predictions: Path, k: int = 6) -> list[tuple[str, str]]:
         truth, called = int(r["label"]) > 0, float(r["p_cac"]) >= 0.5
         groups[("T" if truth == called else "F") + ("P" if called else "N")].append(r)
     order = {"TP": True, "FP": True, "FN": False, "TN": False}
-    chosen: list[tuple[str, str]] = []
+    ranked: list[tuple[str, dict]] = []
     for name in ("TP", "FN", "FP", "TN"):
         group = sorted(groups[name], key=lambda r: float(r["p_cac"]), reverse=order[name])
-        for r in group[: max(1, k // 4) + (1 if name == "TP" else 0)]:
-            key = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{r['subject']}_{r['visit']}")
-            chosen.append((key, f"{name}: {r['subject']} {r['visit']}, p(CAC) = {float(r['p_cac']):.2f}, class {r['label']}"))
+        ranked += [(name, r) for r in group]
+    # one of each kind first (when there is one), then the rest in the same order
+    firsts = {name: next((i for i, (n, _) in enumerate(ranked) if n == name), None)
+              for name in groups}
+    picked = [i for i in firsts.values() if i is not None]
+    picked += [i for i in range(len(ranked)) if i not in picked]
+    chosen: list[tuple[str, str]] = []
+    for i in picked[:k]:
+        name, r = ranked[i]
+        key = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{r['subject']}_{r['visit']}")
+        chosen.append((key, f"{name}: {r['subject']} {r['visit']}, "
+                            f"p(CAC) = {float(r['p_cac']):.2f}, class {r['label']}"))
     return chosen[:k]
 
 

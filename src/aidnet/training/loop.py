@@ -219,7 +219,7 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            totals["loss"] += float(loss)
+            totals["loss"] += float(loss.detach())
             totals["ce"] += float(parts.get("ce", 0.0))
             totals["contrastive"] += float(parts.get("contrastive", 0.0))
             steps += 1

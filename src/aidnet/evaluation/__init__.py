@@ -1,0 +1,1 @@
+"""Metrics, prediction files and figures (DESIGN.md, "Outputs")."""

@@ -1,0 +1,98 @@
+"""Scan-level metrics for CAC detection, with percentile-bootstrap 95% intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def class_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes, computed in float32."""
+    return torch.softmax(logits.float(), dim=1)
+
+
+def p_cac_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """P(CAC): P(1) for 2 classes, P(1) + P(2) for 3 classes (paper's strategy 2)."""
+    return class_probs(logits)[:, 1:].sum(dim=1)
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if y.min() == y.max():
+        return None
+    return float(roc_auc_score(y, p))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def binary_metrics(
+    y_true: np.ndarray,
+    p_cac: np.ndarray,
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """AUC, accuracy, sensitivity, specificity, 2×2 confusion ([[TN, FP], [FN, TP]]), ROC and
+    95% bootstrap intervals (resampling scans, keeping both classes present)."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(p_cac, dtype=float)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError("y_true and p_cac must be 1-D arrays of one length")
+    called = p >= threshold
+    tp = int(np.sum(called & (y == 1)))
+    tn = int(np.sum(~called & (y == 0)))
+    fp = int(np.sum(called & (y == 0)))
+    fn = int(np.sum(~called & (y == 1)))
+    n_pos, n_neg = tp + fn, tn + fp
+    notes = []
+    out: dict = {
+        "n": int(y.size),
+        "n_positive": n_pos,
+        "threshold": threshold,
+        "accuracy": (tp + tn) / y.size if y.size else None,
+        "sensitivity": tp / n_pos if n_pos else None,
+        "specificity": tn / n_neg if n_neg else None,
+        "confusion_2x2": [[tn, fp], [fn, tp]],
+        "auc": _auc(y, p) if y.size else None,
+    }
+    if out["auc"] is None:
+        notes.append("AUC undefined: the scans hold only one class")
+        out["roc"] = {"fpr": [], "tpr": []}
+    else:
+        fpr, tpr, _ = roc_curve(y, p)
+        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    out["auc_ci95"] = None
+    out["accuracy_ci95"] = None
+    if n_boot > 0 and out["auc"] is not None:
+        rng = np.random.default_rng(seed)
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        aucs, accs = [], []
+        for _ in range(n_boot):
+            idx = np.concatenate(
+                [rng.choice(pos, pos.size, replace=True), rng.choice(neg, neg.size, replace=True)]
+            )
+            aucs.append(_auc(y[idx], p[idx]))
+            accs.append(float(np.mean(called[idx] == (y[idx] == 1))))
+        out["auc_ci95"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
+        out["accuracy_ci95"] = [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))]
+        out["bootstrap"] = {"n": n_boot, "seed": seed, "method": "percentile, stratified by class"}
+    if notes:
+        out["notes"] = notes
+    for key in ("accuracy", "sensitivity", "specificity", "auc"):
+        out[key] = _finite_or_none(out[key]) if out[key] is not None else None
+    return out
+
+
+def multiclass_confusion(y_true, y_pred, num_classes: int = 3) -> list[list[int]]:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    for t, q in zip(y_true, y_pred, strict=True):
+        matrix[int(t), int(q)] += 1
+    return matrix.tolist()

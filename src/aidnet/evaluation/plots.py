@@ -1,0 +1,54 @@
+"""ROC and confusion-matrix figures (matplotlib's object API: no global pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_roc(curves: dict[str, tuple[list, list, float | None]], path: Path) -> Path:
+    """One ROC curve per model: {name: (fpr, tpr, auc)} (paper Fig. 5)."""
+    fig = _figure((4.6, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    for name, (fpr, tpr, auc) in curves.items():
+        label = name if auc is None else f"{name} (AUC {auc:.3f})"
+        ax.plot(fpr, tpr, linewidth=2, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC: CAC present vs absent")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_confusion(matrix, labels: list[str], path: Path, title: str = "") -> Path:
+    """Counts with true class on rows, predicted class on columns (paper Fig. 4)."""
+    m = np.asarray(matrix)
+    fig = _figure((3.8, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(m, cmap="Blues")
+    for (i, j), value in np.ndenumerate(m):
+        color = "white" if value > m.max() / 2 else "black"
+        ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=12)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

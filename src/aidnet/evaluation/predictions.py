@@ -1,0 +1,61 @@
+"""predictions.csv and metrics.json, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["subject", "visit", "p_cac", "p_class0", "p_class1", "p_class2", "predicted", "label"]
+
+
+def _atomic_text(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_predictions_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """DESIGN.md columns first, then any pass-through manifest columns."""
+    extras: list[str] = []
+    for row in rows:
+        extras.extend(k for k in row if k not in COLUMNS and k not in extras)
+
+    def write(fh) -> None:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS + extras, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            out = dict(row)
+            for key in ("p_cac", "p_class0", "p_class1", "p_class2"):
+                if isinstance(out.get(key), float):
+                    out[key] = f"{out[key]:.6f}"
+            writer.writerow(out)
+
+    _atomic_text(path, write)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+def write_metrics_json(path: Path, metrics: dict[str, Any]) -> None:
+    """JSON without NaN tokens (null instead)."""
+    _atomic_text(path, lambda fh: json.dump(_json_safe(metrics), fh, indent=2, allow_nan=False))

@@ -1,0 +1,58 @@
+"""3-D Grad-CAM at the feature map before global average pooling (paper §2.3, Fig. 2).
+
+Score explained: the log of P(CAC) — log(P1 + P2) for the 3-class model (strategy 2: the CAC
+classes together), log P1 for the 2-class model. Maps are min–max normalised so that
+HIGH = IMPORTANT (unlike an inverting normaliser), and an all-zero map stays all zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _normalise(cam: torch.Tensor) -> np.ndarray:
+    cam = cam.detach().float()
+    low, high = float(cam.min()), float(cam.max())
+    if not np.isfinite(high) or high - low <= 1e-12:
+        return np.zeros(cam.shape, dtype=np.float32)
+    return ((cam - low) / (high - low)).cpu().numpy().astype(np.float32)
+
+
+def cac_score(logits: torch.Tensor) -> torch.Tensor:
+    """log P(CAC) per scan."""
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    return torch.logsumexp(log_probs[:, 1:], dim=1)
+
+
+def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Grad-CAM of one scan (x: 1×2×Z×Y×X) on the input grid, float32 in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model.forward_single(x)
+            features = out.features
+            (grads,) = torch.autograd.grad(cac_score(out.logits).sum(), features)
+        weights = grads.mean(dim=(2, 3, 4), keepdim=True)
+        cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
+        cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+    finally:
+        model.train(was_training)
+    return _normalise(cam[0, 0])
+
+
+@torch.no_grad()
+def attention_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray | None:
+    """The soft attention gate's map on the input grid, in [0, 1]; None without a gate."""
+    was_training = model.training
+    model.eval()
+    try:
+        att = model.forward_single(x).attention
+    finally:
+        model.train(was_training)
+    if att is None:
+        return None
+    att = F.interpolate(att.float(), size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+    return att[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
