@@ -48,8 +48,11 @@ def bench_agatston(repeats: int) -> dict:
     hu = np.rint(volume.array).astype(np.int16)
     median, times = timed(lambda: agatston(hu, volume.spacing, mask=labels, label=1), repeats)
     ref, _ = timed(lambda: (hu >= 130).sum(), repeats)
-    return {"agatston_full_scan_s": {"median": median, "runs": times},
-            "ratio_to_threshold_pass": median / ref, "shape": list(hu.shape)}
+    return {
+        "agatston_full_scan_s": {"median": median, "runs": times},
+        "ratio_to_threshold_pass": median / ref,
+        "shape": list(hu.shape),
+    }
 
 
 def bench_preprocess(repeats: int) -> dict:
@@ -58,8 +61,11 @@ def bench_preprocess(repeats: int) -> dict:
 
     volume, _, _ = render_pair(11, "full", 1)[0]
     median, times = timed(lambda: preprocess_volume(volume, (64, 128, 192)), repeats)
-    return {"preprocess_full_scan_s": {"median": median, "runs": times},
-            "shape": list(volume.shape), "target_s": 1.5}
+    return {
+        "preprocess_full_scan_s": {"median": median, "runs": times},
+        "shape": list(volume.shape),
+        "target_s": 1.5,
+    }
 
 
 BENCHES = {"phantom": bench_phantom, "agatston": bench_agatston, "preprocess": bench_preprocess}
@@ -74,8 +80,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or BENCHES:
         result = BENCHES[name](args.repeats)
-        result["machine"] = {"python": platform.python_version(), "cpu": platform.processor(),
-                             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result["machine"] = {
+            "python": platform.python_version(),
+            "cpu": platform.processor(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
         path = args.out / f"{name}.json"
         path.write_text(json.dumps(result, indent=2))
         print(f"{name}: {json.dumps(result)}")

@@ -19,7 +19,17 @@ def test_empty_image_scores_zero():
 
 @pytest.mark.parametrize(
     ("peak", "weight"),
-    [(129.9, 0), (130, 1), (199.9, 1), (200, 2), (299, 2), (300, 3), (399.9, 3), (400, 4), (1100, 4)],
+    [
+        (129.9, 0),
+        (130, 1),
+        (199.9, 1),
+        (200, 2),
+        (299, 2),
+        (300, 3),
+        (399.9, 3),
+        (400, 4),
+        (1100, 4),
+    ],
 )
 def test_density_weight_boundaries(peak, weight):
     assert density_weight(np.array([peak]))[0] == weight
@@ -85,8 +95,17 @@ def test_mask_keeps_only_overlapping_components():
 
 @pytest.mark.parametrize(
     ("score", "category", "cls"),
-    [(0, "0", 0), (0.5, "1-10", 1), (10, "1-10", 1), (10.5, "11-100", 1), (100, "11-100", 1),
-     (250, "101-400", 1), (399.9, "101-400", 1), (400, "101-400", 2), (400.1, ">400", 2)],
+    [
+        (0, "0", 0),
+        (0.5, "1-10", 1),
+        (10, "1-10", 1),
+        (10.5, "11-100", 1),
+        (100, "11-100", 1),
+        (250, "101-400", 1),
+        (399.9, "101-400", 1),
+        (400, "101-400", 2),
+        (400.1, ">400", 2),
+    ],
 )
 def test_categories_and_classes(score, category, cls):
     assert risk_category(score) == category

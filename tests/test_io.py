@@ -70,8 +70,9 @@ def test_nifti_in_other_orientation_is_reoriented(tmp_path):
 def test_dicom_round_trip_matches_nifti(tmp_path):
     aff = canonical_affine((2.0, 0.75, 0.75), (120, 80, -30))
     vol = Volume(ramp(), (2.0, 0.75, 0.75), aff)
-    folder = write_dicom_series(vol, tmp_path / "series", patient_name="PHANTOM^0001",
-                                patient_id="PH0001", seed=3)
+    folder = write_dicom_series(
+        vol, tmp_path / "series", patient_name="PHANTOM^0001", patient_id="PH0001", seed=3
+    )
     assert len(list(folder.iterdir())) == 6
     back = read_dicom_series(folder)
     assert np.array_equal(back.array, vol.array)
@@ -95,7 +96,9 @@ def test_dicom_missing_slice_is_detected(tmp_path):
 
     vol = Volume(ramp(), (2.0, 0.75, 0.75), canonical_affine((2.0, 0.75, 0.75)))
     folder = write_dicom_series(vol, tmp_path / "s", patient_name="X^Y", patient_id="1")
-    files = sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    files = sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2])
+    )
     files[2].unlink()
     with pytest.raises(AidnetError, match="irregular slice spacing"):
         read_dicom_series(folder)

@@ -17,7 +17,10 @@ def write(tmp_path, text, images=("a.nii.gz", "b.nii.gz")):
 
 
 def test_reads_rows_and_resolves_paths(tmp_path):
-    path = write(tmp_path, "subject,visit,path,agatston,site\nP1,scan,a.nii.gz,0,A\nP1,rescan,b.nii.gz,12.5,A\n")
+    path = write(
+        tmp_path,
+        "subject,visit,path,agatston,site\nP1,scan,a.nii.gz,0,A\nP1,rescan,b.nii.gz,12.5,A\n",
+    )
     records = read_manifest(path)
     assert [r.visit for r in records] == ["scan", "rescan"]
     assert records[0].path == (tmp_path / "a.nii.gz").resolve()
@@ -36,9 +39,15 @@ def test_unlabelled_rows_are_allowed(tmp_path):
     [
         ("subject,visit,file\nP1,scan,a.nii.gz\n", "lacks the column"),
         ("subject,visit,path\n", "no rows"),
-        ("subject,visit,path,agatston\nP1,scan,a.nii.gz,abc\n", "line 2: agatston 'abc' is not a number"),
+        (
+            "subject,visit,path,agatston\nP1,scan,a.nii.gz,abc\n",
+            "line 2: agatston 'abc' is not a number",
+        ),
         ("subject,visit,path,agatston\nP1,scan,a.nii.gz,-3\n", "must be a finite number"),
-        ("subject,visit,path\nP1,scan,a.nii.gz\nP1,scan,b.nii.gz\n", "duplicate subject/visit P1/scan"),
+        (
+            "subject,visit,path\nP1,scan,a.nii.gz\nP1,scan,b.nii.gz\n",
+            "duplicate subject/visit P1/scan",
+        ),
         ("subject,visit,path\nP1,scan,missing.nii.gz\n", "image missing.nii.gz not found"),
         ("subject,visit,path\n,scan,a.nii.gz\n", "must not be empty"),
     ],

@@ -52,13 +52,22 @@ def test_resume_gives_the_same_weights(cohort, tmp_path):
     train(config, cohort, tmp_path / "straight", progress=False, cache_dir=tmp_path / "cache")
     train(
         load_config("tiny", epochs=1, val_fraction=0.25, test_fraction=0.25),
-        cohort, tmp_path / "split", progress=False, cache_dir=tmp_path / "cache",
+        cohort,
+        tmp_path / "split",
+        progress=False,
+        cache_dir=tmp_path / "cache",
     )
     # the saved config says 1 epoch; extend it as a user would by editing the run's config
     cfg = tmp_path / "split" / "config.yaml"
     cfg.write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
-    train(config, cohort, tmp_path / "split", resume=True, progress=False,
-          cache_dir=tmp_path / "cache")
+    train(
+        config,
+        cohort,
+        tmp_path / "split",
+        resume=True,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+    )
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
     for key in a:
@@ -71,16 +80,33 @@ def test_evaluate_writes_the_design_outputs(run, cohort, tmp_path):
         reader = csv.DictReader(fh)
         rows = list(reader)
         header = reader.fieldnames
-    assert header[:8] == ["subject", "visit", "p_cac", "p_class0", "p_class1", "p_class2",
-                          "predicted", "label"]
+    assert header[:8] == [
+        "subject",
+        "visit",
+        "p_cac",
+        "p_class0",
+        "p_class1",
+        "p_class2",
+        "predicted",
+        "label",
+    ]
     assert len(rows) == 24
     for r in rows:
         probs = [float(r[f"p_class{i}"]) for i in range(3)]
         assert sum(probs) == pytest.approx(1, abs=1e-4)
         assert float(r["p_cac"]) == pytest.approx(probs[1] + probs[2], abs=1e-4)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("auc", "accuracy", "sensitivity", "specificity", "n", "confusion_2x2",
-                "confusion_3x3", "auc_ci95", "accuracy_ci95"):
+    for key in (
+        "auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "n",
+        "confusion_2x2",
+        "confusion_3x3",
+        "auc_ci95",
+        "accuracy_ci95",
+    ):
         assert key in saved, key
     assert saved["n"] == 24 == metrics["n"]
     assert (tmp_path / "roc.png").stat().st_size > 1000
@@ -97,7 +123,7 @@ def test_explain_writes_maps_on_the_original_grid(run, cohort, tmp_path):
     heat = read_volume(tmp_path / f"{record.key}_gradcam.nii.gz")
     assert heat.shape == ct.shape
     assert np.allclose(heat.affine, ct.affine, atol=1e-4)
-    assert 0.0 <= heat.array.min() and heat.array.max() <= 1.0 + 1e-6
+    assert heat.array.min() >= 0.0 and heat.array.max() <= 1.0 + 1e-6
     assert (tmp_path / f"{record.key}_attention.nii.gz").exists()
     assert (tmp_path / f"{record.key}_gradcam.png").stat().st_size > 1000
 

@@ -6,7 +6,6 @@ Every user mistake or bad input ends as one line ``aidnet: error: …`` and exit
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +44,9 @@ def friendly(func: F) -> F:
 @friendly
 def phantom(
     out: Path = typer.Option(..., "--out", help="Folder for manifest.csv, images/ and labels/."),
-    subjects: int = typer.Option(20, "--subjects", min=1, help="Number of subjects (2 scans each)."),
+    subjects: int = typer.Option(
+        20, "--subjects", min=1, help="Number of subjects (2 scans each)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the cohort is deterministic."),
     size: str = typer.Option("small", "--size", help="full (512x512) or small (coarse grid)."),
     dicom_fraction: float = typer.Option(
@@ -199,7 +200,7 @@ def demo(
     preset: str = typer.Option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """The whole job on a built-in synthetic cohort: phantom → train → evaluate → explain → report."""
+    """The whole job on a synthetic cohort: phantom, train, evaluate, explain, report."""
     from aidnet.pipeline import run_demo
 
     metrics = run_demo(out, subjects=subjects, preset=preset, seed=seed)
@@ -213,7 +214,9 @@ def _metrics_line(metrics: dict) -> str:
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
     if auc is not None and ci[0] is not None:
         auc_text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
-    return f"test AUC {auc_text}, accuracy {metrics.get('accuracy', float('nan')):.3f}, n={metrics.get('n')}"
+    accuracy = metrics.get("accuracy")
+    acc_text = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    return f"test AUC {auc_text}, accuracy {acc_text}, n={metrics.get('n')}"
 
 
 def main() -> None:
@@ -221,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

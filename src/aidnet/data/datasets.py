@@ -33,7 +33,7 @@ def make_pairs(items: list[Item]) -> list[tuple[Item, Item]]:
     by_subject: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         by_subject[item.record.subject].append(item)
-    pairs = []
+    pairs: list[tuple[Item, Item]] = []
     for subject in sorted(by_subject):
         visits = by_subject[subject]
         pairs.extend(zip(visits[:-1], visits[1:], strict=True))

@@ -73,12 +73,13 @@ def binary_metrics(
     if n_boot > 0 and out["auc"] is not None:
         rng = np.random.default_rng(seed)
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        aucs, accs = [], []
+        aucs: list[float] = []
+        accs: list[float] = []
         for _ in range(n_boot):
             idx = np.concatenate(
                 [rng.choice(pos, pos.size, replace=True), rng.choice(neg, neg.size, replace=True)]
             )
-            aucs.append(_auc(y[idx], p[idx]))
+            aucs.append(float(_auc(y[idx], p[idx]) or 0.0))
             accs.append(float(np.mean(called[idx] == (y[idx] == 1))))
         out["auc_ci95"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
         out["accuracy_ci95"] = [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))]

@@ -7,6 +7,8 @@ HIGH = IMPORTANT (unlike an inverting normaliser), and an all-zero map stays all
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ def cac_score(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_probs[:, 1:], dim=1)
 
 
-def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+def grad_cam(model: Any, x: torch.Tensor) -> np.ndarray:
     """Grad-CAM of one scan (x: 1×2×Z×Y×X) on the input grid, float32 in [0, 1]."""
     was_training = model.training
     model.eval()
@@ -44,7 +46,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def attention_map(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray | None:
+def attention_map(model: Any, x: torch.Tensor) -> np.ndarray | None:
     """The soft attention gate's map on the input grid, in [0, 1]; None without a gate."""
     was_training = model.training
     model.eval()

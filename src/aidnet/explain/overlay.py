@@ -42,8 +42,9 @@ def save_overlay_png(
     for ax, (name, ct, hm, aspect) in zip(axes, views, strict=True):
         ax.imshow(ct, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         shown = np.ma.masked_less(hm, 0.05)
-        image = ax.imshow(shown, cmap="jet", vmin=0, vmax=1, alpha=0.4, aspect=aspect,
-                          interpolation="bilinear")
+        image = ax.imshow(
+            shown, cmap="jet", vmin=0, vmax=1, alpha=0.4, aspect=aspect, interpolation="bilinear"
+        )
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -110,7 +110,6 @@ def write_dicom_series(
     Stored values are HU + 1024 with RescaleIntercept −1024; file names are shuffled so that
     readers cannot rely on them. The folder appears complete or not at all.
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -137,7 +136,7 @@ def write_dicom_series(
         for k in range(nz):
             meta = FileMetaDataset()
             sop_uid = generate_uid(entropy_srcs=[*uid_seed, "sop", str(k)])
-            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE  # type: ignore[assignment]
             meta.MediaStorageSOPInstanceUID = sop_uid
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds = Dataset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ def read_nifti(path: Path) -> Volume:
     """Read a NIfTI file as a canonical float32 :class:`Volume` (scl_slope/inter applied)."""
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))
     if len(img.shape) != 3:
         raise ValueError(f"expected a 3-D image, found shape {tuple(img.shape)}")
     data = np.asarray(img.dataobj, dtype=np.float32)

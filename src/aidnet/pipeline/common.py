@@ -38,9 +38,7 @@ def load_trained(checkpoint: Path) -> Trained:
     return Trained(model, state["model_spec"], path, checkpoint if checkpoint.is_dir() else None)
 
 
-def select_records(
-    manifest: Path, trained: Trained, split: str = "all"
-) -> list[ScanRecord]:
+def select_records(manifest: Path, trained: Trained, split: str = "all") -> list[ScanRecord]:
     records = read_manifest(manifest)
     if split == "all":
         return records

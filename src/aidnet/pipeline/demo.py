@@ -29,16 +29,24 @@ def _gallery_keys(predictions: Path, k: int = 6) -> list[tuple[str, str]]:
         group = sorted(groups[name], key=lambda r: float(r["p_cac"]), reverse=order[name])
         ranked += [(name, r) for r in group]
     # one of each kind first (when there is one), then the rest in the same order
-    firsts = {name: next((i for i, (n, _) in enumerate(ranked) if n == name), None)
-              for name in groups}
+    firsts = {
+        name: next((i for i, (n, _) in enumerate(ranked) if n == name), None) for name in groups
+    }
     picked = [i for i in firsts.values() if i is not None]
     picked += [i for i in range(len(ranked)) if i not in picked]
     chosen: list[tuple[str, str]] = []
     for i in picked[:k]:
         name, r = ranked[i]
-        key = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{r['subject']}_{r['visit']}")
-        chosen.append((key, f"{name}: {r['subject']} {r['visit']}, "
-                            f"p(CAC) = {float(r['p_cac']):.2f}, class {r['label']}"))
+        key = "".join(
+            c if c.isalnum() or c in "-_." else "-" for c in f"{r['subject']}_{r['visit']}"
+        )
+        chosen.append(
+            (
+                key,
+                f"{name}: {r['subject']} {r['visit']}, "
+                f"p(CAC) = {float(r['p_cac']):.2f}, class {r['label']}",
+            )
+        )
     return chosen[:k]
 
 
@@ -60,8 +68,9 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
     t0 = time.perf_counter()
     if not manifest.exists():
         print(f"[1/5] writing a synthetic cohort of {subjects} subjects to {cohort}")
-        make_cohort(cohort, subjects=subjects, seed=seed, size="small", dicom_fraction=0.1,
-                    progress=True)
+        make_cohort(
+            cohort, subjects=subjects, seed=seed, size="small", dicom_fraction=0.1, progress=True
+        )
     else:
         print(f"[1/5] reusing the cohort in {cohort}")
     timings["phantom_s"] = time.perf_counter() - t0
@@ -69,7 +78,9 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
     run = out / "run"
     config = load_config(preset, seed=seed)
     t0 = time.perf_counter()
-    print(f"[2/5] training {config.model} ({config.preset} preset, {config.epochs} epochs) in {run}")
+    print(
+        f"[2/5] training {config.model} ({config.preset} preset, {config.epochs} epochs) in {run}"
+    )
     resume = (run / "last.pt").exists()
     if resume:
         print("      resuming the existing run")
@@ -95,21 +106,33 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
     classes = [r.label for r in records]
     summary = {
         "cohort": f"{len({r.subject for r in records})} synthetic subjects, {len(records)} scans "
-                  f"(class 0 / 1–399 / ≥400: {classes.count(0)} / {classes.count(1)} / {classes.count(2)})",
+        f"(class 0 / 1–399 / ≥400: {classes.count(0)} / {classes.count(1)} / {classes.count(2)})",
         "model": f"{config.model}, strategy {config.strategy}, λ = {config.lambda_}, "
-                 f"input {tuple(config.input_size)} (Z, Y, X)",
+        f"input {tuple(config.input_size)} (Z, Y, X)",
         "training": f"{config.epochs} epochs, Adam lr {config.lr}, batch {config.batch_size} pairs",
         "test split": f"{metrics.get('n')} scans of held-out subjects",
         "timings": ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()),
     }
-    figures = {"ROC curve (test)": out / "roc.png", "Confusion matrix 2x2": out / "confusion_2x2.png"}
+    figures = {
+        "ROC curve (test)": out / "roc.png",
+        "Confusion matrix 2x2": out / "confusion_2x2.png",
+    }
     if (out / "confusion_3x3.png").exists():
         figures["Confusion matrix 3x3"] = out / "confusion_3x3.png"
     gallery = [{"caption": captions[m["key"]], "image_path": m["gradcam_png"]} for m in maps]
-    gallery += [{"caption": captions[m["key"]] + " — SAG attention", "image_path": m["attention_png"]}
-                for m in maps[:2] if "attention_png" in m]
-    write_report(out / "report.html", title="aidnet demo — AID-Net on a synthetic cohort",
-                 summary=summary, metrics=metrics, figures=figures, gallery=gallery)
+    gallery += [
+        {"caption": captions[m["key"]] + " — SAG attention", "image_path": m["attention_png"]}
+        for m in maps[:2]
+        if "attention_png" in m
+    ]
+    write_report(
+        out / "report.html",
+        title="aidnet demo — AID-Net on a synthetic cohort",
+        summary=summary,
+        metrics=metrics,
+        figures=figures,
+        gallery=gallery,
+    )
     save_config(config, out / "config.yaml")
     timings["total_s"] = time.perf_counter() - t_start
     (out / "timings.json").write_text(json.dumps(timings, indent=2))

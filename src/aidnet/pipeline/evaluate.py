@@ -53,22 +53,34 @@ def evaluate_run(
     labelled = [r for r in rows if r["label"] != ""]
     y = np.array([int(int(r["label"]) > 0) for r in labelled])
     p_cac = np.array([r["p_cac"] for r in labelled])
-    metrics = binary_metrics(y, p_cac, n_boot=n_boot) if labelled else {"n": 0, "auc": None}
+    metrics: dict = (
+        binary_metrics(y, p_cac, n_boot=n_boot) if labelled else {"n": 0, "auc": None}
+    )
     metrics["checkpoint"] = str(trained.path)
     metrics["model"] = trained.spec["name"]
     metrics["split"] = split
     metrics["n_failed"] = len(failures)
     if labelled:
-        plot_roc({trained.spec["name"]: (metrics["roc"]["fpr"], metrics["roc"]["tpr"],
-                                          metrics["auc"])}, out / "roc.png")
-        plot_confusion(metrics["confusion_2x2"], ["no CAC", "CAC"], out / "confusion_2x2.png",
-                       "CAC detection (2x2)")
+        plot_roc(
+            {trained.spec["name"]: (metrics["roc"]["fpr"], metrics["roc"]["tpr"], metrics["auc"])},
+            out / "roc.png",
+        )
+        plot_confusion(
+            metrics["confusion_2x2"],
+            ["no CAC", "CAC"],
+            out / "confusion_2x2.png",
+            "CAC detection (2x2)",
+        )
         if trained.num_classes == 3:
             truth = [int(r["label"]) for r in labelled]
             predicted = [int(r["predicted"]) for r in labelled]
             metrics["confusion_3x3"] = multiclass_confusion(truth, predicted, num_classes=3)
-            plot_confusion(metrics["confusion_3x3"], ["0", "1-399", ">=400"],
-                           out / "confusion_3x3.png", "Agatston class (3x3)")
+            plot_confusion(
+                metrics["confusion_3x3"],
+                ["0", "1-399", ">=400"],
+                out / "confusion_3x3.png",
+                "Agatston class (3x3)",
+            )
     write_metrics_json(out / "metrics.json", metrics)
     raise_if_failed(failures, "evaluated")
     return metrics

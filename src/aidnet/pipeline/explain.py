@@ -39,8 +39,9 @@ def explain_item(trained: Trained, item: Item, out: Path) -> dict:
         path = write_nifti(original, volume.affine, out / f"{item.record.key}_{name}.nii.gz")
         written[name] = path
         png = out / f"{item.record.key}_{name}.png"
-        save_overlay_png(volume.array, original, volume.spacing, png,
-                         title=f"{item.record.key} — {name}")
+        save_overlay_png(
+            volume.array, original, volume.spacing, png, title=f"{item.record.key} — {name}"
+        )
         written[f"{name}_png"] = png
     return written
 

@@ -87,13 +87,19 @@ def write_report(
     gallery = list(gallery)
     if gallery:
         parts.append("<h2>Where the network looked (Grad-CAM on the patient's CT)</h2>")
-        parts.append("<p class='muted'>Slices through each heat map's peak; CT in a "
-                     "mediastinal window (W 400, L 40); patient left on the image right.</p>")
+        parts.append(
+            "<p class='muted'>Slices through each heat map's peak; CT in a "
+            "mediastinal window (W 400, L 40); patient left on the image right.</p>"
+        )
         for case in gallery:
-            parts.append(f"<figure>{_img(case['image_path'])}"
-                         f"<figcaption>{e(str(case['caption']))}</figcaption></figure>")
-    parts.append("<p class='muted'>Written by aidnet. Synthetic or not, every number above was "
-                 "computed from the files of this run.</p></body></html>")
+            parts.append(
+                f"<figure>{_img(case['image_path'])}"
+                f"<figcaption>{e(str(case['caption']))}</figcaption></figure>"
+            )
+    parts.append(
+        "<p class='muted'>Written by aidnet. Synthetic or not, every number above was "
+        "computed from the files of this run.</p></body></html>"
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=path.parent)

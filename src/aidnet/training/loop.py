@@ -7,6 +7,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,12 +146,14 @@ def train(
     else:
         save_config(config, out / "config.yaml")
 
-    data = prepare_data(config, manifest, out, cache_dir=cache_dir, workers=workers, progress=progress)
+    data = prepare_data(
+        config, manifest, out, cache_dir=cache_dir, workers=workers, progress=progress
+    )
     for key, error in data.failures.items():
         print(f"skipped {key}: {error}")
     torch.manual_seed(config.seed)
     dev = _pick_device(device)
-    model = build_model(
+    model: Any = build_model(
         config.model,
         in_channels=2,
         num_classes=config.num_classes,
@@ -163,13 +166,17 @@ def train(
         if not pairs:
             raise AidnetError(f"{manifest}: no training subject has two labelled scans to pair")
         train_set: PairDataset | ScanDataset = PairDataset(
-            pairs, config.num_classes, max_shift=config.max_shift if config.augment else 0,
+            pairs,
+            config.num_classes,
+            max_shift=config.max_shift if config.augment else 0,
             seed=config.seed,
         )
     else:
         train_set = ScanDataset(
-            data.items["train"], config.num_classes,
-            max_shift=config.max_shift if config.augment else 0, seed=config.seed,
+            data.items["train"],
+            config.num_classes,
+            max_shift=config.max_shift if config.augment else 0,
+            seed=config.seed,
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     pair_loss = PairLoss(lambda_=config.lambda_, margin=config.margin)
@@ -196,13 +203,18 @@ def train(
         train_set.set_epoch(epoch)
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
-            num_workers=config.num_workers, drop_last=len(train_set) > config.batch_size,
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=config.num_workers,
+            drop_last=len(train_set) > config.batch_size,
         )
         totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
         steps = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not progress)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress
+        )
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=dev.type, enabled=use_amp):
@@ -213,9 +225,11 @@ def train(
                 else:
                     x, y, _ = (t.to(dev) for t in batch)
                     loss = ce(model.forward_single(x).logits, y)
-                    parts = {"ce": float(loss), "contrastive": 0.0}
-            if not torch.isfinite(loss):
-                raise AidnetError(f"{out}: training diverged (loss is {float(loss)}) at epoch {epoch + 1}")
+                    parts = {"ce": float(loss.detach()), "contrastive": 0.0}
+            if not bool(torch.isfinite(loss.detach())):
+                raise AidnetError(
+                    f"{out}: training diverged (loss is {float(loss)}) at epoch {epoch + 1}"
+                )
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -232,17 +246,36 @@ def train(
             best_auc = score
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         if improved:
-            save_checkpoint(out / "best.pt", {"model": weights, "model_spec": spec, "epoch": epoch,
-                                              "val_auc": val_auc, "config": config.to_dict()})
-        save_checkpoint(last, {
-            "model": weights, "model_spec": spec, "optimizer": optimizer.state_dict(),
-            "epoch": epoch, "best_auc": best_auc, "config": config.to_dict(),
-        })
-        row = [epoch + 1] + [round(totals[k] / max(steps, 1), 5) for k in ("loss", "ce", "contrastive")]
+            save_checkpoint(
+                out / "best.pt",
+                {
+                    "model": weights,
+                    "model_spec": spec,
+                    "epoch": epoch,
+                    "val_auc": val_auc,
+                    "config": config.to_dict(),
+                },
+            )
+        save_checkpoint(
+            last,
+            {
+                "model": weights,
+                "model_spec": spec,
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_auc": best_auc,
+                "config": config.to_dict(),
+            },
+        )
+        row = [epoch + 1] + [
+            round(totals[k] / max(steps, 1), 5) for k in ("loss", "ce", "contrastive")
+        ]
         row += [round(val_auc, 4), round(val_acc, 4), round(time.perf_counter() - t0, 1)]
         with log_path.open("a", newline="") as fh:
             csv.writer(fh).writerow(row)
         if progress:
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {row[1]:.3f}  val AUC {val_auc:.3f}"
-                  f"  val acc {val_acc:.3f}  ({row[-1]} s)" + ("  *best*" if improved else ""))
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: loss {row[1]:.3f}  val AUC {val_auc:.3f}"
+                f"  val acc {val_acc:.3f}  ({row[-1]} s)" + ("  *best*" if improved else "")
+            )
     return out / "best.pt"
