@@ -60,8 +60,19 @@ def test_multiclass_confusion():
 
 
 def test_prediction_and_metric_files(tmp_path):
-    rows = [{"subject": "P1", "visit": "scan", "p_cac": 0.25, "p_class0": 0.75, "p_class1": 0.2,
-             "p_class2": 0.05, "predicted": 0, "label": "", "site": "A"}]
+    rows = [
+        {
+            "subject": "P1",
+            "visit": "scan",
+            "p_cac": 0.25,
+            "p_class0": 0.75,
+            "p_class1": 0.2,
+            "p_class2": 0.05,
+            "predicted": 0,
+            "label": "",
+            "site": "A",
+        }
+    ]
     write_predictions_csv(tmp_path / "p.csv", rows)
     with (tmp_path / "p.csv").open() as fh:
         reader = csv.DictReader(fh)
