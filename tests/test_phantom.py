@@ -139,3 +139,45 @@ def test_cohort_manifest_and_files(tmp_path):
     assert f"{agatston(series.array, series.spacing, mask=labels).score:.2f}" == dicom["agatston"]
     again = make_cohort(tmp_path / "d", subjects=6, seed=3, size="small", dicom_fraction=0.25)
     assert again.read_text() == manifest.read_text()
+
+
+def _visible_share(volume, labels):
+    """Shares of coronary calcium (label 1) inside the lungs' bounding box and not blanked by
+    the preprocessing (inside the dilated per-slice lung hull, outside the lungs), as in
+    :func:`aidnet.preprocess.sample.preprocess_volume`."""
+    from aidnet.lung import lung_hull, segment_lungs
+    from aidnet.lung.grid import block_any, upsample_nearest, working_factors
+    from aidnet.preprocess.sample import lung_box
+
+    lungs = segment_lungs(volume) > 0
+    z0, z1, y0, y1, x0, x1 = lung_box(lungs)
+    crop = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+    calcium = labels == 1
+    n = calcium.sum()
+    inside = calcium[crop]
+    factors = working_factors(volume.spacing, inside.shape)
+    hull = upsample_nearest(lung_hull(block_any(lungs[crop], factors)), inside.shape, factors)
+    return inside.sum() / n, (inside & hull & ~lungs[crop]).sum() / n
+
+
+@pytest.mark.parametrize("seed,cls", [(12, 2), (31, 2), (30, 1)])
+def test_coronary_calcium_lies_within_the_lung_region(seed, cls):
+    volume, labels, _ = render_pair(seed, "small", cls)[0]
+    assert (labels == 1).any()
+    in_box, visible = _visible_share(volume, labels)
+    assert in_box >= 0.98 and visible >= 0.98
+    # the lung bases reach below the heart; the apices lie well above it
+    heart_rows = np.flatnonzero((labels == 1).any(axis=(1, 2)))
+    lung_rows = np.flatnonzero((labels == 3).any(axis=(1, 2)))
+    assert lung_rows[-1] > heart_rows[-1] and lung_rows[0] < heart_rows[0] - 5
+
+
+def test_non_coronary_calcium_does_not_depend_on_the_class():
+    from aidnet.phantom.anatomy import draw_subject
+
+    for s in range(6):
+        a = draw_subject(np.random.default_rng(s), 0).distractors
+        b = draw_subject(np.random.default_rng(s), 2).distractors
+        assert len(a) == len(b)
+        for (ca, *_), (cb, *_) in zip(a, b, strict=True):
+            np.testing.assert_array_equal(ca, cb)

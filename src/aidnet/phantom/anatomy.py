@@ -85,23 +85,27 @@ def _surface(p, axes, theta, phi, off) -> np.ndarray:
 def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     """Draw a subject whose coronary plaques aim at Agatston class ``target_class``."""
     U = rng.uniform
-    s = U(0.88, 1.12)
+    s = U(0.9, 1.1)
     p: dict[str, float] = {}
-    p["A"] = 160 * s * U(0.9, 1.12)  # body half width
-    p["Bant"] = 105 * s * U(0.85, 1.2)
-    p["Bpost"] = p["Bant"] * U(0.95, 1.1)
-    p["fat"] = U(6, 32)
-    p["mus"] = U(9, 16)
+    # thoracic cavity (inside the ribs) first; fat and muscle add outwards (habitus)
+    p["cav_a"] = U(108, 135) * s  # half width
+    p["cav_ant"] = U(72, 92) * s  # centre → anterior wall (behind the sternum)
+    p["cav_post"] = U(58, 72) * s  # centre → posterior wall (paravertebral gutters)
+    p["fat"] = U(6, 28)
+    p["mus"] = U(9, 15)
     p["mus_post"] = U(38, 52)
     p["body_exp"] = U(2.2, 3.0)
-    p["cav_a"] = p["A"] - p["fat"] - p["mus"]
-    p["cav_ant"] = p["Bant"] - p["fat"] - p["mus"]
-    p["cav_post"] = p["Bpost"] - p["fat"] - p["mus_post"]
-    p["lung_h"] = U(215, 275)  # apex → posterior base
-    p["dome_h"] = U(45, 70)
-    p["domeL"] = p["lung_h"] - p["dome_h"]
-    p["domeR"] = p["domeL"] - U(8, 22)
-    p["gap"] = U(18, 30)  # half width of the mediastinum between lungs
+    p["A"] = p["cav_a"] + p["fat"] + p["mus"]  # body half width
+    p["Bant"] = p["cav_ant"] + p["fat"] + p["mus"]
+    p["Bpost"] = p["cav_post"] + p["fat"] + p["mus_post"]
+    p["lung_h"] = U(245, 290)  # apex → deepest posterior costophrenic recess (left)
+    p["dome_h"] = U(34, 48)  # dome top → lateral recess; posterior recesses reach 1.69×
+    p["domeL"] = p["lung_h"] - 1.69 * p["dome_h"]
+    p["domeR"] = p["domeL"] - U(8, 22)  # the right dome sits higher (liver)
+    p["apex_h"] = U(40, 60)  # apex cap: the lungs reach full width this far below the apex
+    p["gap"] = U(14, 22)  # half width of the posterior mediastinum between the lungs
+    p["gap_ant"] = U(4, 12)  # half width at the anterior junction line
+    p["pleura"] = U(3, 5)  # parietal pleura / intercostal margin inside the cavity
     p["lung_exp"] = U(2.2, 2.8)
     # tissue HU of this subject
     p["hu_fat"] = U(-115, -85)
@@ -121,15 +125,13 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     p["stern_z0"] = U(30, 45)
     p["stern_z1"] = p["stern_z0"] + U(150, 180)
     # heart (centre, semi-axes, long axis)
-    hs = U(0.88, 1.15)
+    hs = U(0.9, 1.12)
     p["ha"], p["hb"], p["hc"] = (
-        62 * hs * U(0.92, 1.08),
-        47 * hs * U(0.9, 1.1),
-        43 * hs * U(0.9, 1.1),
+        58 * hs * U(0.92, 1.08),
+        40 * hs * U(0.9, 1.1),
+        42 * hs * U(0.9, 1.1),
     )
     p["hx"] = U(18, 38)
-    p["hy"] = -p["cav_ant"] + 8 + 0.85 * p["hb"]
-    p["hz"] = p["domeL"] - U(28, 40)
     p["epi"] = U(3, 10)
     u = _unit([0.62 + U(-0.1, 0.1), -0.45 + U(-0.1, 0.1), 0.45 + U(-0.12, 0.12)])
     ant = np.array([0.0, -1.0, 0.0])
@@ -138,6 +140,17 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     if w[0] < 0:
         w = -w
     axes = np.stack([u, v, w])
+    # the epicardial fat touches the anterior chest wall region and rests on the left dome
+    semi = np.array([p["ha"], p["hb"], p["hc"]])
+    ext = np.sqrt(((axes * (semi + p["epi"])[:, None]) ** 2).sum(0))
+    # a large heart in a shallow chest is scaled to fit in front of the spine and aorta
+    room = p["cav_ant"] + p["vert_y"] - p["rv"] - 16 - p["pleura"]
+    if 2 * ext[1] > room:
+        semi *= room / (2 * ext[1])
+        p["ha"], p["hb"], p["hc"] = (float(v) for v in semi)
+        ext = np.sqrt(((axes * (semi + p["epi"])[:, None]) ** 2).sum(0))
+    p["hy"] = -p["cav_ant"] + p["pleura"] + U(0, 8) + ext[1]
+    p["hz"] = p["domeL"] + U(-6, 8) - ext[2]
     sub = Subject(p=p, heart_axes=axes, target_class=int(target_class))
 
     # great vessels, airway
@@ -232,6 +245,7 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
             )
             sub.nodules.append((c, U(2.5, 7.0)))
 
+    distractor_rng = np.random.default_rng(rng.integers(2**63))  # drawn before the plaques
     # coronary plaques aimed at the target class (estimate = volume × weight / 3)
     if target_class > 0:
         goal = (
@@ -266,16 +280,23 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
             first = False
         sub.plaque_estimate = total
 
-    # distractors (independent of the class): aortic wall, valve annuli, costal cartilage
-    if rng.random() < 0.75:
-        burden = np.exp(U(np.log(5), np.log(2500)))
-        kinds = rng.choice(4, size=rng.integers(1, 4), replace=False)
+    # distractors, drawn from their own generator so that they are independent of the class:
+    # aortic wall, aortic valve / annulus and mitral annulus (beside the coronary ostia), costal
+    # cartilage; the burden is heavy-tailed (log-uniform over ~3 decades), and heavy
+    # calcification is common in CAC = 0 subjects too
+    rng = distractor_rng
+    U = rng.uniform
+    if rng.random() < 0.85:
+        burden = np.exp(U(np.log(30), np.log(30000)))
+        share = [0.25, 0.25, 0.25, 0.15, 0.1]  # root, aortic annulus, mitral annulus, arch, ribs
+        kinds = rng.choice(5, size=rng.integers(1, 6), replace=False, p=share)
         total = 0.0
-        while total < burden and len(sub.distractors) < 60:
+        while total < burden and len(sub.distractors) < 250:
             kind = int(kinds[rng.integers(len(kinds))])
             hu = U(250, 1100)
-            if kind == 0:  # aortic wall (arch, descending)
-                centre, direction = _arc(aorta[len(asc) :], rng, skip=0)
+            if kind in (0, 3):  # aortic wall: root and ascending / arch and descending
+                part = aorta[: len(asc) + 3] if kind == 0 else aorta[len(asc) + 2 :]
+                centre, direction = _arc(part, rng, skip=0)
                 frame = _frame(direction)
                 ang = U(0, 2 * np.pi)
                 centre = centre + (frame[1] * np.cos(ang) + frame[2] * np.sin(ang)) * ra * 0.92
@@ -287,7 +308,7 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
                         _unit(frame[1] * np.cos(ang) + frame[2] * np.sin(ang)),
                     ]
                 )
-            elif kind in (1, 2):  # aortic annulus / mitral annulus
+            elif kind in (1, 2):  # aortic valve annulus / mitral annulus
                 if kind == 1:
                     ring_c, normal, rad = root, _unit(asc_top - root), 12.0
                 else:

@@ -46,16 +46,27 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
     rc = _snorm(X, Y, p["cav_a"], p["cav_ant"], p["cav_post"], e)
     l_body, l_mus, l_cav = p["Bant"], p["Bant"] - f, p["cav_ant"]
     abdomen = np.where(X < 10, p["hu_liver"], p["hu_mus"] - 8).astype(np.float32)
-    # lungs
-    gap, pl = p["gap"], p["lung_exp"]
-    la = (p["cav_a"] - 3 - gap) / 2
-    lb = (p["cav_post"] + p["cav_ant"]) / 2 - 4
+    # lungs: each fills its hemithorax (inside the cavity less a pleural margin, lateral to the
+    # mediastinum, beside the spine down to the paravertebral gutter); the heart, great vessels
+    # and airways painted later displace them. Apices taper; the bases are diaphragm domes whose
+    # floor deepens towards the periphery, most posteriorly (costophrenic recesses).
+    gap_a, gap_p, pl = p["gap_ant"], p["gap"], p["lung_exp"]
+    margin = p["pleura"]
+    rc_in = _snorm(X, Y, p["cav_a"] - margin, p["cav_ant"] - margin, p["cav_post"] - margin, e)
+    t_y = np.clip((Y + p["cav_ant"]) / (p["cav_ant"] + p["vert_y"]), 0.0, 1.0)
+    half_med = gap_a + (gap_p - gap_a) * t_y * t_y * (3 - 2 * t_y)  # anterior junction → posterior
+    d_spine = np.hypot(X, Y - p["vert_y"]) - (p["rv"] + 6.0)
+    la = (p["cav_a"] - gap_p) / 2 + 12
+    lb = (p["cav_post"] + p["cav_ant"]) / 2 + 12
     cy = (p["cav_post"] - p["cav_ant"]) / 2
     lungs = []
     for side, dome in ((-1, p["domeR"]), (1, p["domeL"])):
-        cx = side * (p["cav_a"] - 3 + gap) / 2
+        cx = side * (p["cav_a"] + gap_p) / 2
         norm = ((np.abs(X - cx) / la) ** pl + (np.abs(Y - cy) / lb) ** pl) ** (1.0 / pl)
-        lungs.append((norm.astype(np.float32), dome))
+        flat = np.minimum(np.minimum(side * X - half_med, d_spine), 40.0).astype(np.float32)
+        # diaphragm: in-plane radius about a dome centre anterior-medial in the hemithorax
+        q = np.hypot((X - cx + side * 0.1 * la) / (la - 12), (Y - cy + 0.3 * lb) / (lb - 12))
+        lungs.append((norm.astype(np.float32), flat, np.minimum(q, 1.3).astype(np.float32), dome))
     lung_hu = (p["hu_lung"] + 40.0 * (Y - cy) / lb).astype(np.float32)
     # ribs on a band around the rib ellipse
     rr = _snorm(X, Y, p["cav_a"] + 6, p["cav_ant"] + 6, p["cav_post"] + 6, e)
@@ -100,14 +111,16 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
         _paint(buf, ramp((1 - rm / sc) * l_mus, w), p["hu_mus"])
         cav_val: float | np.ndarray = p["hu_fat"] + 20 if z < p["domeR"] else abdomen
         _paint(buf, ramp((1 - rc / sc) * l_cav, w), cav_val)
-        g = np.sqrt(np.clip(z / 45.0, 0.0, 1.0)) * sc
+        g = np.sqrt(np.clip(z / p["apex_h"], 0.0, 1.0))
         lung_cov = np.zeros_like(buf)
         if g > 0.05:
-            for rl, dome in lungs:
-                lcov = ramp((1 - rl / g) * min(la, lb) * g, w)
-                if z > dome:
-                    lcov *= ramp((rl / sc - np.sqrt((z - dome) / p["dome_h"])) * la, w)
-                np.maximum(lung_cov, lcov, out=lung_cov)
+            inner = (1 - rc_in / sc) * (l_cav - margin)  # ≈ mm inside the pleural margin
+            for rl, flat, q, dome in lungs:
+                depth = np.minimum(np.minimum(flat, inner), (1 - rl / g) * min(la, lb) * g)
+                if z > dome:  # below the dome top: only where the floor is lower than z
+                    qz = np.sqrt((z - dome) / p["dome_h"])
+                    depth = np.minimum(depth, (q - qz) * (la - 12))
+                np.maximum(lung_cov, ramp(depth, w), out=lung_cov)
             _paint(buf, lung_cov, lung_hu)
         # spine: vertebral bodies and discs, posterior arch, canal
         phase = (z - p["vert_phase"]) % p["vert_period"]
