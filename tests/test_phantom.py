@@ -28,7 +28,9 @@ def test_small_scan_geometry(negative):
         sz, sy, sx = volume.spacing
         assert sz in (4.0, 4.5, 5.0) and 2.8 <= sy == sx <= 3.6
         assert info["thickness_mm"] == sz and info["pixel_mm"] == sx
-        assert 8 <= info["noise_hu"] <= 35
+        # sigma 8-35 HU at a 0.75 x 0.75 x 2 mm voxel, lower on the coarse grid
+        scale = 2 * np.sqrt(0.75 * 0.75 * 2.0 / (sz * sy * sx))
+        assert 8 * scale - 1e-6 <= info["noise_hu"] <= 35 * scale + 1e-6
         np.testing.assert_allclose(np.abs(np.diag(volume.affine[:3, :3][:, ::-1])), [sx, sy, sz])
         assert volume.affine[0, 2] < 0 and volume.affine[1, 1] < 0 and volume.affine[2, 0] < 0
         assert labels.shape == volume.shape
@@ -101,6 +103,7 @@ def test_full_size_scan_covers_the_chest():
     nz, ny, nx = volume.shape
     assert (ny, nx) == (512, 512) and 0.6 <= info["pixel_mm"] <= 0.9
     assert 1.0 <= info["thickness_mm"] <= 3.0
+    assert 8 <= info["noise_hu"] <= 35  # full-size voxels get the drawn sigma unscaled
     assert nz * info["thickness_mm"] > 230
     lung_rows = np.flatnonzero((labels == 3).any(axis=(1, 2)))
     assert lung_rows[0] > 0 and lung_rows[-1] < nz - 1  # apices and bases inside the scan

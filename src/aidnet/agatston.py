@@ -80,6 +80,23 @@ def score_class(score: float) -> int:
     return 1 if score < 400 else 2
 
 
+def calcium_candidates(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Voxels the Agatston rules would consider: >= 130 HU in an in-plane component >= 1 mm².
+
+    Isolated noise voxels (smaller than 1 mm² on thin-slice scans) are dropped.
+    """
+    from scipy import ndimage
+
+    candidates = np.asarray(hu) >= THRESHOLD_HU
+    labels, n = ndimage.label(candidates, structure=_IN_PLANE_8)
+    if n == 0:
+        return candidates
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    big = counts * float(spacing[1]) * float(spacing[2]) >= MIN_AREA_MM2
+    big[0] = False
+    return big[labels]
+
+
 def agatston(
     hu: np.ndarray,
     spacing: tuple[float, float, float],

@@ -48,6 +48,17 @@ def _grid(p: dict, size: str, rng: np.random.Generator) -> Grid:
     return Grid((nz, n, n), (thickness, pixel, pixel), top + shift[2], angle, shift)
 
 
+# Noise sigma (8-35 HU) is drawn for a diagnostic chest-CT voxel of about 0.75 x 0.75 x 2 mm.
+# A coarser voxel averages more photons, so white noise would fall with sqrt(volume); real
+# reconstructions have correlated noise, so we let it fall half as fast (factor 2 below).
+_REFERENCE_VOXEL_MM3 = 0.75 * 0.75 * 2.0
+
+
+def _noise_scale(spacing: tuple[float, float, float]) -> float:
+    volume = float(np.prod(spacing))
+    return float(min(1.0, 2.0 * np.sqrt(_REFERENCE_VOXEL_MM3 / volume)))
+
+
 def render_pair(
     subject_seed: int, size: str, target_class: int
 ) -> list[tuple[Volume, np.ndarray, dict]]:
@@ -69,7 +80,7 @@ def render_pair(
     for v, visit in enumerate(VISITS):
         rng = np.random.default_rng([subject_seed, v + 1])
         grid = _grid(subject.p, size, rng)
-        noise = float(rng.uniform(8, 35))
+        noise = float(rng.uniform(8, 35)) * _noise_scale(grid.spacing)
         table = bool(rng.random() < 0.7)
         hu, labels = render_visit(subject, grid, noise_hu=noise, table=table, rng=rng)
         sz, sy, sx = grid.spacing

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aidnet.agatston import calcium_candidates
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
 from aidnet.lung import lung_hull, segment_lungs
@@ -39,17 +40,23 @@ def lung_box(
 
 
 def input_channels(
-    hu: np.ndarray, lungs: np.ndarray, hull: np.ndarray
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    hull: np.ndarray,
+    spacing: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(CT in [0, 1], HU>130 mask) on one grid.
 
     Lung voxels and voxels outside the dilated hull are set to −200 HU, the rest clipped to
     [−200, 600] and scaled by (HU + 200) / 800. The calcium mask is thresholded on the raw HU and
     then cleared wherever the CT channel was set to −200, so ribs, spine and calcified lung
-    nodules outside the region of interest do not leak into it.
+    nodules outside the region of interest do not leak into it. With ``spacing``, components
+    smaller than 1 mm² in-plane (noise, by the Agatston rules) are dropped as well.
     """
     hidden = lungs | ~hull
     calcium = (hu > CALCIUM_HU) & ~hidden
+    if spacing is not None:
+        calcium &= calcium_candidates(hu, spacing)
     ct = np.clip(hu, HU_LOW, HU_HIGH, dtype=np.float32)
     ct[hidden] = HU_LOW
     ct -= HU_LOW
@@ -72,7 +79,8 @@ def preprocess_volume(
        of that grid, ≈ 20 mm) and mapped back with nearest neighbour.
     2. Crop to the lungs' bounding box (it holds the heart), widened by ``margin_mm`` (default
        none, as in the paper) within the scan.
-    3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask.
+    3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
+       components under 1 mm² (noise, by the Agatston rules).
     4. Resample to ``size`` (Z, Y, X): channel 0 averages each network voxel's footprint,
        channel 1 takes its maximum (small plaques survive downsampling); axes that grow are
        interpolated linearly. Both channels are float32 in [0, 1].
@@ -97,7 +105,9 @@ def preprocess_volume(
     factors = working_factors(volume.spacing, crop_lungs.shape)
     hull_small = lung_hull(block_any(crop_lungs, factors), dilation_iterations)
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
-    ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull)
+    ct, calcium = input_channels(
+        array[crop].astype(np.float32), crop_lungs, hull, volume.spacing
+    )
     image = np.stack([resample_mean(ct, size), resample_max(calcium, size)])
     np.clip(image, 0.0, 1.0, out=image)
     geometry = CropGeometry(
