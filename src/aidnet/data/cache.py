@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aidnet.atomic import atomic_path
 from aidnet.data.manifest import ScanRecord
 from aidnet.errors import AidnetError
 
@@ -52,15 +51,8 @@ def cache_path(cache_dir: Path, record: ScanRecord, size: tuple[int, int, int]) 
 
 
 def save_cached(path: Path, image: np.ndarray, geometry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, image=image.astype(np.float32), geometry=json.dumps(geometry))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".npz") as tmp, tmp.open("wb") as fh:
+        np.savez(fh, image=image.astype(np.float32), geometry=json.dumps(geometry))
 
 
 def load_cached(path: Path) -> CachedScan:

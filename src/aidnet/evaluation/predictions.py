@@ -5,24 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from aidnet.atomic import atomic_path
 
 COLUMNS = ["subject", "visit", "p_cac", "p_class0", "p_class1", "p_class2", "predicted", "label"]
 
 
 def _atomic_text(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        write(fh)
 
 
 def write_predictions_csv(path: Path, rows: list[dict[str, Any]]) -> None:

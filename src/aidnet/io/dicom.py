@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aidnet.atomic import umask
 from aidnet.errors import AidnetError
 from aidnet.io.orient import reorient_canonical, spacing_of
 from aidnet.io.volume import Volume
@@ -171,6 +172,7 @@ def write_dicom_series(
             ds.RescaleType = "HU"
             ds.PixelData = stored[k].tobytes()
             ds.save_as(tmp / f"IM{names[k]:05d}.dcm", enforce_file_format=True)
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; a series folder is shared data
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

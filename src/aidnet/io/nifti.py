@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aidnet.atomic import atomic_path
 from aidnet.io.orient import reorient_canonical, spacing_of
 from aidnet.io.volume import Volume
 
@@ -37,21 +36,14 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     aff = np.asarray(affine, dtype=np.float64)[:, _SWAP]
     img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(array, (2, 1, 0))), aff)
     img.header.set_xyzt_units("mm")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

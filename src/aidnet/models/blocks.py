@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def norm3d(channels: int) -> nn.GroupNorm:
+    """GroupNorm (up to 8 groups): unlike BatchNorm it behaves the same at batch size 2 (the
+    paper's batch) in training and evaluation."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
 class ConvBlock3d(nn.Sequential):
-    """Two 3×3×3 conv–BatchNorm–ReLU layers, optionally followed by channel dropout.
+    """Two 3×3×3 conv–GroupNorm–ReLU layers, optionally followed by channel dropout.
 
     One stage of the plain 3-D CNN encoder of AID-Net (paper §2.2, Figure 2).
     """
@@ -17,7 +25,7 @@ class ConvBlock3d(nn.Sequential):
         for c_in in (in_channels, out_channels):
             layers += [
                 nn.Conv3d(c_in, out_channels, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm3d(out_channels),
+                norm3d(out_channels),
                 nn.ReLU(inplace=True),
             ]
         if dropout > 0:
@@ -32,7 +40,7 @@ class SoftAttentionGate3d(nn.Module):
     gating signal ``g`` (1×1×1 conv) and is resampled onto theta's grid; ``psi`` turns
     ``ReLU(theta(x) + phi(g))`` into one channel whose sigmoid is the attention map. The map is
     resampled back to ``x``'s grid, multiplies ``x``, and the gated features go through a
-    1×1×1 conv + BatchNorm (``W`` in the original). The intermediate width is 32 as in §2.3.
+    1×1×1 conv + normalisation (``W`` in the original). The intermediate width is 32 as in §2.3.
 
     ``forward(x, g)`` returns ``(gated, attention)``: gated is ``B×in_channels×Z×Y×X`` and
     attention ``B×1×Z×Y×X`` with values in [0, 1], both on ``x``'s grid.
@@ -45,7 +53,7 @@ class SoftAttentionGate3d(nn.Module):
         self.psi = nn.Conv3d(inter_channels, 1, kernel_size=1)
         self.out = nn.Sequential(
             nn.Conv3d(in_channels, in_channels, kernel_size=1),
-            nn.BatchNorm3d(in_channels),
+            norm3d(in_channels),
         )
 
     def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:

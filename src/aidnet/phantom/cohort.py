@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from aidnet.atomic import atomic_path
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume, canonical_affine
 from aidnet.phantom.anatomy import draw_subject
@@ -190,10 +189,11 @@ def make_cohort(
                 }
             )
     manifest = out / "manifest.csv"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=out)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    with (
+        atomic_path(manifest, suffix=".csv") as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, manifest)
     return manifest

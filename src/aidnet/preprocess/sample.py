@@ -105,9 +105,7 @@ def preprocess_volume(
     factors = working_factors(volume.spacing, crop_lungs.shape)
     hull_small = lung_hull(block_any(crop_lungs, factors), dilation_iterations)
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
-    ct, calcium = input_channels(
-        array[crop].astype(np.float32), crop_lungs, hull, volume.spacing
-    )
+    ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
     image = np.stack([resample_mean(ct, size), resample_max(calcium, size)])
     np.clip(image, 0.0, 1.0, out=image)
     geometry = CropGeometry(
