@@ -31,6 +31,7 @@ class Config:
     lambda_: float = 0.001  # weight of the contrastive loss
     margin: float = 1.0
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
     weight_decay: float = 0.0
     batch_size: int = 2
     epochs: int = 100
@@ -62,6 +63,8 @@ class Config:
             raise AidnetError(f"lambda must be >= 0, not {self.lambda_}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if self.epochs < 1 or self.batch_size < 1:
             raise AidnetError("epochs and batch_size must be >= 1")
         return self

@@ -73,7 +73,9 @@ class AIDNet(nn.Module):
         attention_map = None
         if self.gate is not None:
             gated, attention_map = self.gate(maps[-2], last)
-            pooled.insert(0, gated.mean(dim=(2, 3, 4)))
+            # attention pooling: the gated local features averaged with the attention as weights
+            weights = attention_map / (attention_map.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
+            pooled.insert(0, (gated * weights).sum(dim=(2, 3, 4)))
         logits = self.classifier(self.dropout(torch.cat(pooled, dim=1)))
         return SingleOutput(logits=logits, features=last, attention=attention_map)
 

@@ -4,6 +4,7 @@ on validation AUC, an atomic checkpoint every epoch, resumable at epoch boundari
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,13 @@ def validation_scores(model, items: list[Item], config: Config, device) -> tuple
     return (float("nan") if auc is None else float(auc)), float(metrics["accuracy"])
 
 
+def learning_rate(config: Config, epoch: int) -> float:
+    """The learning rate of an epoch: constant, or cosine-decayed over the run."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr
+
+
 def _pick_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
@@ -199,6 +207,8 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: resumable per epoch
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch)
         model.train()
         train_set.set_epoch(epoch)
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
