@@ -90,3 +90,16 @@ def test_figures(tmp_path):
     for name in ("roc.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_subject_bootstrap_is_wider_than_scan_bootstrap_for_duplicated_scans():
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 2, 30), 2)  # scan and rescan share the label
+    p = np.clip(y * 0.3 + np.repeat(rng.random(30), 2) * 0.7, 0, 1)
+    subjects = np.repeat(np.arange(30), 2)
+    by_scan = binary_metrics(y, p, n_boot=400, seed=2)
+    by_subject = binary_metrics(y, p, n_boot=400, seed=2, groups=subjects)
+    assert by_subject["auc"] == by_scan["auc"]
+    width = lambda m: m["auc_ci95"][1] - m["auc_ci95"][0]  # noqa: E731
+    assert width(by_subject) > width(by_scan)
+    assert by_subject["bootstrap"]["unit"] == "subject"

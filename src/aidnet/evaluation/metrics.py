@@ -36,9 +36,14 @@ def binary_metrics(
     threshold: float = 0.5,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """AUC, accuracy, sensitivity, specificity, 2×2 confusion ([[TN, FP], [FN, TP]]), ROC and
-    95% bootstrap intervals (resampling scans, keeping both classes present)."""
+    95% bootstrap intervals (resampling scans, keeping both classes present).
+
+    With ``groups`` (the subject of each scan) the bootstrap resamples whole subjects, since a
+    subject's scan and rescan are not independent; subjects are stratified by whether any of
+    their scans has CAC."""
     from sklearn.metrics import roc_curve
 
     y = np.asarray(y_true, dtype=int)
@@ -72,23 +77,38 @@ def binary_metrics(
     out["accuracy_ci95"] = None
     if n_boot > 0 and out["auc"] is not None:
         rng = np.random.default_rng(seed)
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        members = _clusters(y, groups)
+        has_pos = np.array([bool(y[m].max()) for m in members])
+        strata = [np.flatnonzero(has_pos), np.flatnonzero(~has_pos)]
         aucs: list[float] = []
         accs: list[float] = []
         for _ in range(n_boot):
-            idx = np.concatenate(
-                [rng.choice(pos, pos.size, replace=True), rng.choice(neg, neg.size, replace=True)]
-            )
+            picked = [rng.choice(s, s.size, replace=True) for s in strata if s.size]
+            idx = np.concatenate([members[c] for part in picked for c in part])
+            if y[idx].min() == y[idx].max():
+                continue
             aucs.append(float(_auc(y[idx], p[idx]) or 0.0))
             accs.append(float(np.mean(called[idx] == (y[idx] == 1))))
         out["auc_ci95"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
         out["accuracy_ci95"] = [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))]
-        out["bootstrap"] = {"n": n_boot, "seed": seed, "method": "percentile, stratified by class"}
+        out["bootstrap"] = {
+            "n": len(aucs),
+            "seed": seed,
+            "unit": "subject" if groups is not None else "scan",
+            "method": "percentile, stratified by CAC presence",
+        }
     if notes:
         out["notes"] = notes
     for key in ("accuracy", "sensitivity", "specificity", "auc"):
         out[key] = _finite_or_none(out[key]) if out[key] is not None else None
     return out
+
+
+def _clusters(y: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in range(y.size)]
+    groups = np.asarray(groups)
+    return [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
 
 
 def multiclass_confusion(y_true, y_pred, num_classes: int = 3) -> list[list[int]]:

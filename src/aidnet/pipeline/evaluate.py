@@ -53,7 +53,12 @@ def evaluate_run(
     labelled = [r for r in rows if r["label"] != ""]
     y = np.array([int(int(r["label"]) > 0) for r in labelled])
     p_cac = np.array([r["p_cac"] for r in labelled])
-    metrics: dict = binary_metrics(y, p_cac, n_boot=n_boot) if labelled else {"n": 0, "auc": None}
+    subjects = np.array([r["subject"] for r in labelled])
+    metrics: dict = (
+        binary_metrics(y, p_cac, n_boot=n_boot, groups=subjects)
+        if labelled
+        else {"n": 0, "auc": None}
+    )
     metrics["checkpoint"] = str(trained.path)
     metrics["model"] = trained.spec["name"]
     metrics["split"] = split
