@@ -96,3 +96,11 @@ def test_evaluate_with_a_file_that_is_not_a_checkpoint(tmp_path):
     manifest.write_text("subject,visit,path\n")
     result = run("evaluate", "--checkpoint", fake, "--manifest", manifest, "--out", tmp_path / "o")
     one_line_error(result, "model.pt", "not a readable aidnet checkpoint")
+
+
+def test_bad_manifest_leaves_no_run_folder(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject,visit,path,agatston\nP1,scan,missing.nii.gz,0\n")
+    result = run("train", "--manifest", manifest, "--out", tmp_path / "run", "--preset", "tiny")
+    one_line_error(result, "missing.nii.gz not found")
+    assert not (tmp_path / "run").exists()

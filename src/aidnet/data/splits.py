@@ -45,7 +45,7 @@ def split_subjects(
 
 def write_splits(path: Path, assignment: dict[str, str]) -> None:
     with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["subject", "split"])
         for subject in sorted(assignment):
             writer.writerow([subject, assignment[subject]])

@@ -25,7 +25,9 @@ def write_predictions_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         extras.extend(k for k in row if k not in COLUMNS and k not in extras)
 
     def write(fh) -> None:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS + extras, extrasaction="ignore")
+        writer = csv.DictWriter(
+            fh, fieldnames=COLUMNS + extras, extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
         for row in rows:
             out = dict(row)

@@ -193,7 +193,7 @@ def make_cohort(
         atomic_path(manifest, suffix=".csv") as tmp,
         tmp.open("w", newline="", encoding="utf-8") as fh,
     ):
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return manifest

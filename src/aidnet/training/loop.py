@@ -35,6 +35,14 @@ class RunData:
     failures: dict[str, str]
 
 
+def labelled_records(manifest: Path) -> list[ScanRecord]:
+    """The manifest's scans that have an Agatston score (validated; fails before any output)."""
+    records = [r for r in read_manifest(manifest) if r.agatston is not None]
+    if not records:
+        raise AidnetError(f"{manifest}: no scan has an agatston score; nothing to train on")
+    return records
+
+
 def prepare_data(
     config: Config,
     manifest: Path,
@@ -45,9 +53,7 @@ def prepare_data(
     progress: bool = True,
 ) -> RunData:
     """Read the manifest, split by subject (or reuse the run's saved split), fill the cache."""
-    records = [r for r in read_manifest(manifest) if r.agatston is not None]
-    if not records:
-        raise AidnetError(f"{manifest}: no scan has an agatston score; nothing to train on")
+    records = labelled_records(manifest)
     split_file = out / "splits.csv"
     if split_file.exists():
         assignment = read_splits(split_file)
@@ -148,6 +154,7 @@ def train(
         raise AidnetError(f"{out}: a run already exists here; add --resume or choose another --out")
     if resume and not last.exists():
         raise AidnetError(f"{out}: nothing to resume (no last.pt)")
+    labelled_records(manifest)  # a bad manifest fails here, before the run folder exists
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         config = read_saved_config(out / "config.yaml")
@@ -201,7 +208,7 @@ def train(
     log_path = out / "log.csv"
     if not log_path.exists():
         with log_path.open("w", newline="") as fh:
-            csv.writer(fh).writerow(LOG_COLUMNS)
+            csv.writer(fh, lineterminator="\n").writerow(LOG_COLUMNS)
 
     spec = _model_spec(config)
     for epoch in range(start_epoch, config.epochs):
@@ -282,7 +289,7 @@ def train(
         ]
         row += [round(val_auc, 4), round(val_acc, 4), round(time.perf_counter() - t0, 1)]
         with log_path.open("a", newline="") as fh:
-            csv.writer(fh).writerow(row)
+            csv.writer(fh, lineterminator="\n").writerow(row)
         if progress:
             print(
                 f"epoch {epoch + 1}/{config.epochs}: loss {row[1]:.3f}  val AUC {val_auc:.3f}"
