@@ -115,7 +115,7 @@ def _target_class(seed: int, index: int, mix: np.ndarray) -> int:
     """Class aimed at for subject ``index``: a golden-ratio sequence from a seeded start, so
     every prefix of a cohort is close to ``mix`` and a subject's class ignores the cohort size."""
     u = (np.random.default_rng([seed, 7]).random() + index * 0.6180339887498949) % 1.0
-    return int(min(np.searchsorted(np.cumsum(mix), u, side="right"), 2))
+    return min(int(np.searchsorted(np.cumsum(mix), u, side="right")), 2)
 
 
 def make_cohort(
