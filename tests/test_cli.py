@@ -104,3 +104,12 @@ def test_bad_manifest_leaves_no_run_folder(tmp_path):
     result = run("train", "--manifest", manifest, "--out", tmp_path / "run", "--preset", "tiny")
     one_line_error(result, "missing.nii.gz not found")
     assert not (tmp_path / "run").exists()
+
+
+def test_phantom_command_and_bad_size(tmp_path):
+    result = run("phantom", "--out", tmp_path / "c", "--subjects", 2, "--seed", 4)
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "c" / "manifest.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("subject,visit,path,agatston")
+    one_line_error(run("phantom", "--out", tmp_path / "d", "--size", "huge"), "--size")
+    assert not (tmp_path / "d").exists()

@@ -138,3 +138,21 @@ def test_demo_leaves_a_report(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4  # ROC, confusion, >= 3 overlays... at least
     assert metrics["n"] > 0
+
+
+def test_no_patient_name_or_id_leaks_into_outputs(run, cohort, tmp_path):
+    import gzip
+
+    from aidnet.data.manifest import read_manifest
+
+    dicom = [r for r in read_manifest(cohort) if r.path.is_dir()]
+    assert dicom, "the fixture cohort must contain DICOM series"
+    evaluate_run(run, cohort, tmp_path / "eval", n_boot=20)
+    explain_manifest(run, cohort, tmp_path / "maps", keys=[r.key for r in dicom])
+    outputs = [p for root in (run, tmp_path) for p in root.rglob("*") if p.is_file()]
+    assert len(outputs) > 10
+    for path in outputs:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        assert b"PHANTOM^" not in data and b"PH00" not in data, path
