@@ -113,3 +113,10 @@ def test_phantom_command_and_bad_size(tmp_path):
     assert len(lines) == 5 and lines[0].startswith("subject,visit,path,agatston")
     one_line_error(run("phantom", "--out", tmp_path / "d", "--size", "huge"), "--size")
     assert not (tmp_path / "d").exists()
+
+
+def test_version():
+    from aidnet import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"aidnet {__version__}"

@@ -23,6 +23,23 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from aidnet import __version__
+
+        typer.echo(f"aidnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Weakly supervised coronary artery calcium detection in chest CT (AID-Net)."""
+
+
 def friendly(func: F) -> F:
     """Turn AidnetError (and Ctrl-C) into one line on stderr and a non-zero exit."""
 
