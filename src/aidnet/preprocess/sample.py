@@ -12,6 +12,7 @@ from aidnet.io.volume import Volume
 from aidnet.lung import lung_hull, segment_lungs
 from aidnet.lung.grid import block_any, upsample_nearest, working_factors
 from aidnet.lung.segment import check_finite
+from aidnet.preprocess.config import PreprocessConfig
 from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.resample import resample_max, resample_mean
 
@@ -66,13 +67,12 @@ def input_channels(
 
 def preprocess_volume(
     volume: Volume,
-    size: tuple[int, int, int],
+    config: PreprocessConfig | tuple[int, int, int],
     lungs: np.ndarray | None = None,
-    *,
-    margin_mm: float = 0.0,
-    dilation_iterations: int = 10,
 ) -> Sample:
     """One scan → :class:`Sample` with the AID-Net input of shape (2, *size) (paper §2.1).
+
+    ``config`` is a :class:`PreprocessConfig` or just the network size (Z, Y, X).
 
     1. ``lungs`` (nonzero = lung; default :func:`aidnet.lung.segment_lungs`) and their dilated
        per-slice convex hull, computed on the ~2 mm working grid (``dilation_iterations`` steps
@@ -89,21 +89,24 @@ def preprocess_volume(
     if array.ndim != 3:
         raise AidnetError(f"expected a 3-D volume, got an array of shape {array.shape}")
     check_finite(array)
-    size = tuple(int(s) for s in size)  # type: ignore[assignment]
-    if len(size) != 3 or min(size) < 1:
-        raise AidnetError(f"network input size must be three positive integers, not {size}")
+    if not isinstance(config, PreprocessConfig):
+        try:
+            config = PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise AidnetError(str(exc)) from None
+    size = config.size
     if lungs is None:
         lungs = segment_lungs(volume)
     elif lungs.shape != array.shape:
         raise AidnetError(f"lung mask shape {lungs.shape} does not match the scan {array.shape}")
     if not np.any(lungs):
         raise AidnetError("no lungs found: the lung mask is empty")
-    margin = tuple(int(np.ceil(margin_mm / float(s))) for s in volume.spacing)
+    margin = tuple(int(np.ceil(config.margin_mm / float(s))) for s in volume.spacing)
     box = lung_box(lungs, margin)  # type: ignore[arg-type]
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     crop_lungs = lungs[crop] != 0
     factors = working_factors(volume.spacing, crop_lungs.shape)
-    hull_small = lung_hull(block_any(crop_lungs, factors), dilation_iterations)
+    hull_small = lung_hull(block_any(crop_lungs, factors), config.dilation_iterations)
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
     ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
     image = np.stack([resample_mean(ct, size), resample_max(calcium, size)])

@@ -1,0 +1,42 @@
+"""Every setting the scan → network-input step depends on; its key names cache entries."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+# Bump when the algorithm changes in a way the settings below do not capture.
+ALGORITHM_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Paper §2.1 settings. ``size`` is the network grid (Z, Y, X); the rest rarely change."""
+
+    size: tuple[int, int, int]
+    hu_low: float = -200.0
+    hu_high: float = 600.0
+    calcium_hu: float = 130.0
+    lung_hu: float = -600.0
+    hull_ratio: float = 2.0
+    dilation_iterations: int = 10
+    margin_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.size)
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"network input size must be three positive integers, not {size}")
+        object.__setattr__(self, "size", size)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["size"] = list(self.size)
+        out["algorithm"] = ALGORITHM_VERSION
+        return out
+
+    def key(self) -> str:
+        """Short hash of the settings and the algorithm version (changes when either does)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
