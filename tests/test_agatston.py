@@ -110,3 +110,24 @@ def test_mask_keeps_only_overlapping_components():
 def test_categories_and_classes(score, category, cls):
     assert risk_category(score) == category
     assert score_class(score) == cls
+
+
+@pytest.mark.parametrize("pixel_mm", [0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 1.0, 1.2])
+def test_drop_small_components_matches_labelling(pixel_mm):
+    """The neighbour-count shortcut gives exactly what labelling components gives."""
+    from scipy import ndimage
+
+    from aidnet.agatston import drop_small_components
+
+    rng = np.random.default_rng(int(pixel_mm * 100))
+    eight = np.zeros((3, 3, 3), dtype=bool)
+    eight[1] = True
+    for density in (0.03, 0.1, 0.25):
+        mask = rng.random((4, 30, 30)) < density
+        labels, _ = ndimage.label(mask, structure=eight)
+        sizes = np.bincount(labels.ravel())
+        keep = sizes * pixel_mm * pixel_mm >= 1.0
+        keep[0] = False
+        out = drop_small_components(mask, (2.0, pixel_mm, pixel_mm))
+        assert np.array_equal(out, keep[labels])
+        assert out.sum() < mask.sum() or pixel_mm >= 1.0

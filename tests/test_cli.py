@@ -120,3 +120,95 @@ def test_version():
 
     result = run("--version")
     assert result.exit_code == 0 and result.output.strip() == f"aidnet {__version__}"
+
+
+def ras_nifti(volume, path):
+    """Write a canonical volume as a NIfTI stored in RAS order (i → right, j → anterior)."""
+    import nibabel as nib
+
+    data = np.transpose(volume.array, (2, 1, 0))[::-1, ::-1, ::-1].astype(np.int16)
+    sz, sy, sx = volume.spacing
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = [-100.0, -80.0, -150.0]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), path)
+    return data.shape, affine
+
+
+def test_lungs_command_writes_the_mask_on_the_input_grid(tmp_path):
+    import nibabel as nib
+
+    from test_lung import synthetic_chest
+
+    volume, truth = synthetic_chest((40, 64, 64), (6.0, 6.0, 6.0))
+    shape, affine = ras_nifti(volume, tmp_path / "chest.nii.gz")
+    result = run("lungs", tmp_path / "chest.nii.gz", "--out", tmp_path / "lungs.nii.gz")
+    assert result.exit_code == 0, result.output
+    out = nib.load(tmp_path / "lungs.nii.gz")
+    assert out.shape == shape
+    assert np.allclose(out.affine, affine)
+    mask = np.asarray(out.dataobj)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1, 2}
+    # the right lung (1) lies at the patient's right: larger i in a RAS file = further right
+    truth_ras = np.transpose(truth, (2, 1, 0))[::-1, ::-1, ::-1]
+    assert ((mask == 1) & (truth_ras == 1)).sum() > 0.9 * (truth_ras == 1).sum()
+    litres = [(mask == k).sum() * 6.0**3 / 1e6 for k in (1, 2)]
+    line = result.output.strip()
+    assert line == (
+        f"wrote {tmp_path / 'lungs.nii.gz'} "
+        f"(right lung {litres[0]:.2f} L, left lung {litres[1]:.2f} L)"
+    )
+
+
+def test_lungs_command_on_a_head_names_the_file(tmp_path):
+    from aidnet.io.volume import Volume
+
+    shape, spacing = (30, 64, 64), (4.0, 3.0, 3.0)
+    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
+    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 3.0 / 95) ** 2 + (x * 3.0 / 75) ** 2)
+    hu = np.where(r <= 1.0, 700.0, -1000.0)
+    hu[r <= 0.93] = 35.0
+    head = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+    ras_nifti(head, tmp_path / "head.nii.gz")
+    result = run("lungs", tmp_path / "head.nii.gz", "--out", tmp_path / "m.nii.gz")
+    one_line_error(result, f"{tmp_path / 'head.nii.gz'}: no lungs found")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_lungs_command_bad_output_name(tmp_path):
+    result = run("lungs", tmp_path / "ct.nii.gz", "--out", tmp_path / "m.nrrd")
+    one_line_error(result, "m.nrrd", "NIfTI")
+
+
+def test_lungs_command_notes_the_chosen_dicom_series(tmp_path):
+    import shutil
+
+    from aidnet.io.dicom import write_dicom_series
+    from test_lung import synthetic_chest
+
+    chest, _ = synthetic_chest((40, 64, 64), (6.0, 6.0, 6.0))
+    small, _ = synthetic_chest((12, 64, 64), (6.0, 6.0, 6.0))
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name, vol, seed in (("chest", chest, 0), ("other", small, 1)):
+        written = write_dicom_series(
+            vol, tmp_path / name, patient_name="X^Y", patient_id="7", seed=seed
+        )
+        edit_description(written, name)
+        for f in written.iterdir():
+            shutil.move(f, folder / f"{name}_{f.name}")
+    result = run("lungs", folder, "--out", tmp_path / "lungs.nii.gz")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"aidnet: note: {folder}: reading series 1 'chest' (40 slices)")
+    assert "skipped 1 other" in lines[0]
+    assert lines[1].startswith(f"wrote {tmp_path / 'lungs.nii.gz'} (right lung")
+
+
+def edit_description(folder, text):
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = text
+        ds.save_as(f)

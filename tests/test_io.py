@@ -140,3 +140,147 @@ def test_nan_image_is_rejected(tmp_path):
     write_nifti(arr, canonical_affine((1, 1, 1)), tmp_path / "nan.nii.gz")
     with pytest.raises(AidnetError, match="NaN"):
         read_volume(tmp_path / "nan.nii.gz")
+
+
+def itk_image(array, affine):
+    """A SimpleITK image of a (k, j, i) array with RAS ``affine`` (columns in k, j, i order)."""
+    import SimpleITK as sitk
+
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine)[:3]
+    columns = lps[:, :3][:, ::-1]  # ITK orders axes (i, j, k)
+    spacing = np.linalg.norm(columns, axis=0)
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((columns / spacing).ravel().tolist())
+    img.SetOrigin(lps[:, 3].tolist())
+    return img
+
+
+def rotation_z(degrees):
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+def layout(i, j, k):
+    """Affine columns (k, j, i) of a file whose i, j, k axes run along these RAS vectors."""
+    return np.array([k, j, i], dtype=np.float64).T
+
+
+# RAS-ish, LPS (DICOM-like), flipped, permuted (sagittal stack) and slightly oblique sources
+LAYOUTS = {
+    "ras": layout((0.8, 0, 0), (0, 0.7, 0), (0, 0, 2.0)),
+    "lps": layout((-0.8, 0, 0), (0, -0.7, 0), (0, 0, 2.0)),
+    "feet-first": layout((-0.8, 0, 0), (0, 0.7, 0), (0, 0, -2.0)),
+    "permuted": layout((0, 0, 2.0), (0.8, 0, 0), (0, -0.7, 0)),
+    "oblique": rotation_z(7) @ layout((-0.8, 0, 0), (0, -0.7, 0), (0, 0, -2.0)),
+}
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_itk_files_read_like_the_equivalent_nifti(tmp_path, suffix, layout):
+    import SimpleITK as sitk
+
+    source = ramp((6, 7, 8))
+    affine = np.eye(4)
+    affine[:3, :3] = LAYOUTS[layout]
+    affine[:3, 3] = [12.5, -40, 7]
+    write_nifti(source, affine, tmp_path / "ref.nii.gz")
+    sitk.WriteImage(itk_image(source, affine), str(tmp_path / f"img{suffix}"))
+    ref = read_volume(tmp_path / "ref.nii.gz")
+    vol = read_volume(tmp_path / f"img{suffix}")
+    expected, expected_affine = reorient_canonical(source, affine)
+    for v in (ref, vol):
+        assert np.array_equal(v.array, expected)
+        assert np.allclose(v.affine, expected_affine, atol=1e-5)
+        assert v.array.dtype == np.float32
+    assert vol.affine[0, 2] < 0 and vol.affine[1, 1] < 0 and vol.affine[2, 0] < 0
+    # the affine survives read → write_nifti → read
+    write_nifti(vol.array, vol.affine, tmp_path / "again.nii.gz")
+    again = read_volume(tmp_path / "again.nii.gz")
+    assert np.array_equal(again.array, vol.array)
+    assert np.allclose(again.affine, vol.affine, atol=1e-5)
+    # and maps back onto the file's own layout
+    back, back_affine = vol.to_source(vol.array)
+    assert np.array_equal(back, source)
+    assert np.allclose(back_affine, affine, atol=1e-5)
+
+
+def test_ras_nifti_mask_goes_back_to_the_input_grid(tmp_path):
+    data = ramp((8, 7, 6)).astype(np.int16)
+    aff = np.diag([0.8, 0.7, 2.0, 1.0])
+    aff[:3, 3] = [-30, 12, 80]
+    nib.save(nib.Nifti1Image(data, aff), tmp_path / "ras.nii.gz")
+    vol = read_volume(tmp_path / "ras.nii.gz")
+    assert vol.shape == (6, 7, 8)
+    mask = vol.with_array((vol.array > 0).astype(np.uint8))
+    assert mask.source is vol.source
+    write_nifti(*vol.to_source(vol.array.astype(np.int16)), tmp_path / "back.nii.gz")
+    back = nib.load(tmp_path / "back.nii.gz")
+    assert back.shape == data.shape
+    assert np.allclose(back.affine, aff)
+    assert np.array_equal(np.asarray(back.dataobj), data)
+    write_nifti(*mask.to_source(mask.array), tmp_path / "mask.nii.gz")
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj), data > 0)
+
+
+def test_volume_made_in_memory_maps_to_itself():
+    vol = Volume(ramp(), (2.0, 0.7, 0.8), canonical_affine((2.0, 0.7, 0.8)))
+    array, affine = vol.to_source(vol.array)
+    assert np.array_equal(array, vol.array) and np.allclose(affine, vol.affine)
+    with pytest.raises(ValueError, match="does not match"):
+        vol.to_source(np.zeros((2, 2, 2)))
+
+
+def test_nifti_with_a_singleton_fourth_axis_is_3d(tmp_path):
+    data = ramp((8, 7, 6))
+    nib.save(nib.Nifti1Image(data[..., None], np.diag([0.8, 0.7, 2.0, 1.0])), tmp_path / "t.nii")
+    vol = read_volume(tmp_path / "t.nii")
+    assert vol.shape == (6, 7, 8)
+    assert np.array_equal(vol.array, read_volume_of(data, tmp_path).array)
+
+
+def read_volume_of(data, tmp_path):
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.7, 2.0, 1.0])), tmp_path / "three.nii")
+    return read_volume(tmp_path / "three.nii")
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragment"),
+    [((8, 7, 6, 3), "a 4-D image of shape 8×7×6×3"), ((8, 7), "a 2-D image"), ((8, 7, 1), "2-D")],
+)
+def test_nifti_that_is_not_one_volume_fails(tmp_path, shape, fragment):
+    path = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    with pytest.raises(AidnetError, match=fragment) as err:
+        read_volume(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_2d_mha_and_vector_nrrd_fail(tmp_path):
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((7, 8), np.int16)), str(tmp_path / "a.mha"))
+    with pytest.raises(AidnetError, match="a 2-D image"):
+        read_volume(tmp_path / "a.mha")
+    rgb = sitk.GetImageFromArray(np.zeros((4, 7, 8, 3), np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(AidnetError, match="3 values per voxel"):
+        read_volume(tmp_path / "rgb.nrrd")
+
+
+def test_nrrd_in_ras_space_matches_nifti(tmp_path):
+    source = ramp((6, 7, 8)).astype(np.int16)
+    header = (
+        "NRRD0004\ntype: short\ndimension: 3\nspace: right-anterior-superior\nsizes: 8 7 6\n"
+        "space directions: (0.8,0,0) (0,0.7,0) (0,0,2)\nkinds: domain domain domain\n"
+        "endian: little\nencoding: raw\nspace origin: (-30,12,80)\n\n"
+    )
+    (tmp_path / "ras.nrrd").write_bytes(header.encode() + source.tobytes())
+    affine = np.eye(4)
+    affine[:3, :3] = LAYOUTS["ras"]
+    affine[:3, 3] = [-30, 12, 80]
+    write_nifti(source, affine, tmp_path / "ras.nii.gz")
+    vol, ref = read_volume(tmp_path / "ras.nrrd"), read_volume(tmp_path / "ras.nii.gz")
+    assert np.array_equal(vol.array, ref.array)
+    assert np.allclose(vol.affine, ref.affine)

@@ -80,19 +80,46 @@ def score_class(score: float) -> int:
     return 1 if score < 400 else 2
 
 
-def calcium_candidates(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Voxels the Agatston rules would consider: >= 130 HU in an in-plane component >= 1 mm².
+def _in_plane_neighbours(mask: np.ndarray) -> np.ndarray:
+    """uint8 count of each voxel's 8 in-plane neighbours that are set in ``mask``."""
+    counts = np.zeros(mask.shape, dtype=np.uint8)
+    bits = mask.view(np.uint8)
+    ny, nx = mask.shape[1:]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                dst = (slice(None), slice(max(dy, 0), ny + min(dy, 0)), slice(max(dx, 0), nx + min(dx, 0)))
+                src = (slice(None), slice(max(-dy, 0), ny - max(dy, 0)), slice(max(-dx, 0), nx - max(dx, 0)))
+                counts[dst] += bits[src]
+    return counts
 
-    Isolated noise voxels (smaller than 1 mm² on thin-slice scans) are dropped.
+
+def drop_small_components(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """``mask`` without its in-plane 8-connected components smaller than 1 mm².
+
+    Where such components have at most two pixels (pixels of 0.5 mm² or more, i.e. every
+    diagnostic chest CT) they are found from neighbour counts, which is several times faster
+    than labelling; finer grids are labelled.
     """
     from scipy import ndimage
 
-    candidates = np.asarray(hu) >= THRESHOLD_HU
-    labels, n = ndimage.label(candidates, structure=_IN_PLANE_8)
-    if n == 0:
-        return candidates
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    big = counts * float(spacing[1]) * float(spacing[2]) >= MIN_AREA_MM2
+    mask = np.asarray(mask, dtype=bool)
+    pixel_mm2 = float(spacing[1]) * float(spacing[2])
+    too_small = 0  # the largest pixel count of a component under 1 mm²
+    while (too_small + 1) * pixel_mm2 < MIN_AREA_MM2:
+        too_small += 1
+    if too_small == 0:
+        return mask
+    if too_small <= 2:
+        counts = _in_plane_neighbours(mask)
+        out = mask & (counts > 0)
+        if too_small == 2:
+            single = mask & (counts == 1)  # a pair is two such pixels next to each other
+            out &= ~(single & (_in_plane_neighbours(single) > 0))
+        return out
+    labels, n = ndimage.label(mask, structure=_IN_PLANE_8)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    big = sizes * pixel_mm2 >= MIN_AREA_MM2
     big[0] = False
     return big[labels]
 

@@ -6,6 +6,7 @@ Every user mistake or bad input ends as one line ``aidnet: error: …`` and exit
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,21 @@ def _root(
     ),
 ) -> None:
     """Weakly supervised coronary artery calcium detection in chest CT (AID-Net)."""
+    _show_notes()
+
+
+class _NoteHandler(logging.Handler):
+    """Prints warnings of the ``aidnet`` logger as ``aidnet: note: …`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"aidnet: note: {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    logger = logging.getLogger("aidnet")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        handler = _NoteHandler(logging.WARNING)
+        logger.addHandler(handler)
 
 
 def friendly(func: F) -> F:
@@ -223,6 +239,36 @@ def demo(
     metrics = run_demo(out, subjects=subjects, preset=preset, seed=seed)
     typer.echo(_metrics_line(metrics))
     typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@friendly
+def lungs(
+    image: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
+    out: Path = typer.Option(..., "--out", help="Lung mask to write (.nii.gz or .nii)."),
+) -> None:
+    """Right (1) and left (2) lung mask of a chest CT, on the input's own grid and affine."""
+    import numpy as np
+
+    from aidnet.io.nifti import write_nifti
+    from aidnet.io.read import read_volume
+    from aidnet.lung import segment_lungs
+
+    if not out.name.endswith((".nii.gz", ".nii")):
+        raise AidnetError(f"{out}: the mask is written as NIfTI; give a .nii.gz or .nii name")
+    volume = read_volume(image)
+    try:
+        mask = segment_lungs(volume)
+    except AidnetError as exc:
+        if str(image) in str(exc):
+            raise
+        raise AidnetError(f"{image}: {exc}") from None
+    write_nifti(*volume.to_source(mask), out)
+    litres = [
+        float(np.count_nonzero(mask == label)) * float(np.prod(volume.spacing)) / 1e6
+        for label in (1, 2)
+    ]
+    typer.echo(f"wrote {out} (right lung {litres[0]:.2f} L, left lung {litres[1]:.2f} L)")
 
 
 def _metrics_line(metrics: dict) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from aidnet.atomic import atomic_path
-from aidnet.io.orient import reorient_canonical, spacing_of
+from aidnet.errors import AidnetError
+from aidnet.io.orient import reorient_with_grid, spacing_of
 from aidnet.io.volume import Volume
 
 # A NIfTI array is indexed (i, j, k) = our (x, y, z): swap columns 0 and 2 of the affine.
@@ -20,12 +21,24 @@ def read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     img: Any = nib.load(str(path))
-    if len(img.shape) != 3:
-        raise ValueError(f"expected a 3-D image, found shape {tuple(img.shape)}")
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    shape = tuple(int(n) for n in img.shape)
+    check_3d(path, shape)
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
     affine = np.asarray(img.affine, dtype=np.float64)[:, _SWAP]
-    array, affine = reorient_canonical(np.transpose(data, (2, 1, 0)), affine)
-    return Volume(array=array, spacing=spacing_of(affine), affine=affine)
+    array, affine, grid = reorient_with_grid(np.transpose(data, (2, 1, 0)), affine)
+    return Volume(array=array, spacing=spacing_of(affine), affine=affine, source=grid)
+
+
+def check_3d(path: Path, shape: tuple[int, ...]) -> None:
+    """Raise AidnetError unless ``shape`` is a 3-D volume (trailing singleton axes allowed)."""
+    text = "×".join(str(n) for n in shape)
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        raise AidnetError(
+            f"{path}: a {len(shape)}-D image of shape {text} (several volumes); "
+            "aidnet needs one 3-D CT volume"
+        )
+    if len(shape) < 3 or min(shape[:3]) < 2:
+        raise AidnetError(f"{path}: a 2-D image of shape {text}; aidnet needs a 3-D CT volume")
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path:

@@ -24,7 +24,12 @@ def read_volume(path: Path | str) -> Volume:
     if path.is_dir():
         from aidnet.io.dicom import read_dicom_series
 
-        volume = read_dicom_series(path)
+        try:
+            volume = read_dicom_series(path)
+        except AidnetError:
+            raise
+        except Exception as exc:  # a DICOM header we did not foresee
+            raise AidnetError(f"{path}: cannot read this DICOM series ({_reason(exc)})") from None
     else:
         name = path.name.lower()
         if path.stat().st_size == 0:
@@ -38,6 +43,10 @@ def read_volume(path: Path | str) -> Volume:
                 from aidnet.io.itk import read_itk
 
                 volume = read_itk(path)
+            elif name.endswith(".dcm") or _has_dicom_preamble(path):
+                raise AidnetError(
+                    f"{path}: a single DICOM file; give the folder that holds the whole series"
+                )
             else:
                 raise AidnetError(
                     f"{path}: unsupported file type (expected a DICOM folder, .nii, .nii.gz, "
@@ -46,8 +55,16 @@ def read_volume(path: Path | str) -> Volume:
         except AidnetError:
             raise
         except Exception as exc:  # readers raise many exception types for broken files
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AidnetError(f"{path}: not a readable image ({reason})") from None
+            raise AidnetError(f"{path}: not a readable image ({_reason(exc)})") from None
     if not np.isfinite(volume.array).all():
         raise AidnetError(f"{path}: image contains NaN or infinite values")
     return volume
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        return fp.read(132)[128:] == b"DICM"
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -19,6 +19,27 @@ from dataclasses import dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class SourceGrid:
+    """How a reader turned the input file's own array into the canonical one.
+
+    Canonical axis ``k`` is source axis ``axes[k]``, reversed when ``flips[k]``; ``affine`` maps
+    a source index to RAS+ mm. The source array is in the order ``write_nifti`` takes (the
+    reverse of NIfTI's (i, j, k); for DICOM: slice, row, column in file order of position).
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    affine: np.ndarray
+
+    def to_source(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A canonical (z, y, x) array on the source's own layout, with the source affine."""
+        flipped = tuple(axis for axis, flip in enumerate(self.flips) if flip)
+        out = np.flip(array, axis=flipped) if flipped else array
+        out = np.transpose(out, np.argsort(self.axes))
+        return np.ascontiguousarray(out), self.affine.copy()
+
+
 def canonical_affine(
     spacing: tuple[float, float, float], origin_ras: tuple[float, float, float] = (0.0, 0.0, 0.0)
 ) -> np.ndarray:
@@ -41,12 +62,14 @@ class Volume:
     """A CT scan in Hounsfield units with its geometry.
 
     ``array`` is (Z, Y, X), float32 or int16 HU; ``spacing`` is (sz, sy, sx) in mm;
-    ``affine`` maps (z, y, x, 1) indices to RAS+ mm.
+    ``affine`` maps (z, y, x, 1) indices to RAS+ mm. ``source`` (set by the readers) records how
+    the input file's array was reoriented, so results can be written on the input's own grid.
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
+    source: SourceGrid | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -62,4 +85,17 @@ class Volume:
         """The same geometry with other voxel values (a mask, a heat map)."""
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} does not match volume {self.array.shape}")
-        return Volume(array=array, spacing=self.spacing, affine=self.affine)
+        return Volume(array=array, spacing=self.spacing, affine=self.affine, source=self.source)
+
+    def to_source(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map a canonical (z, y, x) array (mask, heat map) to the input file's own layout.
+
+        Returns ``(source_array, source_affine)``; ``write_nifti(*volume.to_source(mask), path)``
+        writes a NIfTI with the input file's shape and affine. Volumes made in memory (no
+        ``source``) are returned as they are.
+        """
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} does not match volume {self.array.shape}")
+        if self.source is None:
+            return np.asarray(array), np.asarray(self.affine, dtype=np.float64).copy()
+        return self.source.to_source(array)

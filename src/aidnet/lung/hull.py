@@ -8,8 +8,15 @@ from skimage.morphology import convex_hull_image
 
 
 def slice_hulls(mask: np.ndarray, max_ratio: float = 2.0) -> np.ndarray:
-    """Per axial slice, the convex hull of the mask, or the mask itself where the hull is at
-    least ``max_ratio`` times larger (a thin crescent whose hull would swallow the abdomen)."""
+    """Per axial slice, the convex hull of the mask (both lungs together, so it holds the
+    mediastinum and the heart).
+
+    DSB2017 keeps a slice's hull only where it is less than ``max_ratio`` times the mask's area,
+    so that a thin crescent at the apex or the base does not swallow the neck or the abdomen. A
+    rejected slice here takes its hull clipped to the nearest accepted slice's hull instead of the
+    bare mask: at the lower heart the lungs shrink to crescents around a large heart, and the
+    bare mask would blank the heart (and its calcium) from the network input.
+    """
     mask = np.asarray(mask) != 0
     out = mask.copy()
     if not mask.any():
@@ -17,10 +24,14 @@ def slice_hulls(mask: np.ndarray, max_ratio: float = 2.0) -> np.ndarray:
     ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
     rows, cols = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
     areas = mask.sum(axis=(1, 2))
-    for z in np.flatnonzero(areas):
-        hull = convex_hull_image(mask[z, rows, cols])
-        if hull.sum() < max_ratio * areas[z]:
-            out[z, rows, cols] |= hull
+    hulls = {int(z): convex_hull_image(mask[z, rows, cols]) for z in np.flatnonzero(areas)}
+    kept = {z for z, hull in hulls.items() if hull.sum() < max_ratio * areas[z]}
+    for z, hull in hulls.items():
+        if z not in kept:
+            if not kept:
+                continue
+            hull = hull & hulls[min(kept, key=lambda k: (abs(k - z), k))]
+        out[z, rows, cols] |= hull
     return out
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aidnet.agatston import calcium_candidates
+from aidnet.agatston import drop_small_components
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
 from aidnet.lung import lung_hull, segment_lungs
@@ -57,7 +57,7 @@ def input_channels(
     hidden = lungs | ~hull
     calcium = (hu > CALCIUM_HU) & ~hidden
     if spacing is not None:
-        calcium &= calcium_candidates(hu, spacing)
+        calcium = drop_small_components(calcium, spacing)
     ct = np.clip(hu, HU_LOW, HU_HIGH, dtype=np.float32)
     ct[hidden] = HU_LOW
     ct -= HU_LOW
