@@ -173,3 +173,22 @@ def test_lung_dice_on_a_full_size_phantom_scan():
     assert lungs.shape == volume.shape
     assert dice(lungs > 0, labels == 3) >= 0.97
     assert np.nonzero(lungs == 1)[2].mean() < np.nonzero(lungs == 2)[2].mean()
+
+
+def test_unshifted_stored_values_get_a_hint():
+    """A chest saved as raw stored values (air ≈ 0, no −1024 intercept) is no CT in HU."""
+    volume, _ = synthetic_chest()
+    shifted = volume.with_array(volume.array + 1024.0)
+    with pytest.raises(AidnetError, match="rescale intercept"):
+        segment_lungs(shifted)
+
+
+def test_padding_outside_the_field_of_view_is_air():
+    """Scanners pad the corners outside the reconstruction circle with −2000 or −3024."""
+    volume, truth = synthetic_chest()
+    array = volume.array.copy()
+    nz, ny, nx = array.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    array[:, np.hypot(yy - ny / 2, xx - nx / 2) > 0.5 * min(ny, nx)] = -3024.0
+    labels = segment_lungs(volume.with_array(array))
+    assert dice(labels == 1, truth == 1) >= 0.95 and dice(labels == 2, truth == 2) >= 0.95

@@ -115,3 +115,22 @@ def test_preprocess_volume_rejects_nan(chest):
     array[0, 0, 0] = np.nan
     with pytest.raises(AidnetError, match="image contains NaN values"):
         preprocess_volume(volume.with_array(array), (8, 16, 16))
+
+
+def test_dicom_and_nifti_exports_give_the_same_tensor(tmp_path):
+    """One phantom scan written as NIfTI and as a DICOM series (shuffled file names, HU + 1024
+    with a rescale intercept) preprocesses to the same network input (issue 3)."""
+    from aidnet.io.dicom import write_dicom_series
+    from aidnet.io.nifti import write_volume
+    from aidnet.io.read import read_volume
+    from aidnet.phantom import render_pair
+
+    volume, _, _ = render_pair(5, "small", 1)[0]
+    write_volume(volume, tmp_path / "scan.nii.gz")
+    write_dicom_series(volume, tmp_path / "dicom", patient_name="P^Q", patient_id="7", seed=1)
+    from_nifti = preprocess_volume(read_volume(tmp_path / "scan.nii.gz"), (16, 24, 32))
+    from_dicom = preprocess_volume(read_volume(tmp_path / "dicom"), (16, 24, 32))
+    assert from_nifti.image.std() > 0.05
+    assert np.abs(from_nifti.image - from_dicom.image).max() <= 1e-3
+    assert from_nifti.geometry.crop_box == from_dicom.geometry.crop_box
+    assert np.allclose(from_nifti.geometry.affine, from_dicom.geometry.affine, atol=1e-3)

@@ -88,8 +88,16 @@ def _in_plane_neighbours(mask: np.ndarray) -> np.ndarray:
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy or dx:
-                dst = (slice(None), slice(max(dy, 0), ny + min(dy, 0)), slice(max(dx, 0), nx + min(dx, 0)))
-                src = (slice(None), slice(max(-dy, 0), ny - max(dy, 0)), slice(max(-dx, 0), nx - max(dx, 0)))
+                dst = (
+                    slice(None),
+                    slice(max(dy, 0), ny + min(dy, 0)),
+                    slice(max(dx, 0), nx + min(dx, 0)),
+                )
+                src = (
+                    slice(None),
+                    slice(max(-dy, 0), ny - max(dy, 0)),
+                    slice(max(-dx, 0), nx - max(dx, 0)),
+                )
                 counts[dst] += bits[src]
     return counts
 

@@ -34,7 +34,7 @@ def read_dicom_series(folder: Path) -> Volume:
     if not headers:
         raise AidnetError(f"{folder}: no DICOM images found in this folder")
     stack = choose_stack(folder, headers)
-    row_dir, col_dir = stack.orientation[:3], stack.orientation[3:]
+    row_dir, col_dir = (v / np.linalg.norm(v) for v in np.split(stack.orientation, 2))
     normal = np.cross(row_dir, col_dir)
     normal = normal / np.linalg.norm(normal)
     positions = np.array(
@@ -109,5 +109,5 @@ def pixel_spacing(folder: Path, slices: list[Any]) -> tuple[float, float]:
         raise AidnetError(
             f"{folder}: slices of one stack have different PixelSpacing {sorted(values)}"
         )
-    sy, sx = values.pop()
+    sy, sx = (float(v) for v in slices[0].PixelSpacing)  # exact, not the rounded key
     return sy, sx

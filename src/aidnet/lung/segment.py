@@ -35,14 +35,22 @@ def segment_working(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
     factors = working_factors(volume.spacing, array.shape)
     sz, sy, sx = (float(s) * f for s, f in zip(volume.spacing, factors, strict=True))
     spacing = (sz, sy, sx)
-    hu = smooth_hu(block_mean(array, factors), spacing)
+    # padding outside the reconstruction circle (−2000, −3024 …) is air, not something darker
+    hu = smooth_hu(np.maximum(block_mean(array, factors), -1024.0), spacing)
     axis_y, axis_x = body_axis(hu)
     candidates = select_lungs(inner_air(hu < AIR_HU), spacing, (axis_y, axis_x))
     candidates = remove_trachea(candidates, spacing, axis_x)
     if not candidates.any():
+        darkest = float(hu.min())
+        hint = (
+            f" (its darkest region is {darkest:.0f}, where air should be about −1000 HU: were "
+            "the values stored without their rescale intercept?)"
+            if darkest > AIR_HU
+            else ""
+        )
         raise AidnetError(
             "no lungs found: no enclosed air region of lung-like volume (0.2–10 L) near the "
-            "body's centre; is this a non-contrast chest CT in Hounsfield units?"
+            f"body's centre; is this a non-contrast chest CT in Hounsfield units?{hint}"
         )
     parts = split_lungs(candidates, spacing, axis_x)
     labels = np.zeros(parts.shape, dtype=np.uint8)
