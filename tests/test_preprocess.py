@@ -125,11 +125,13 @@ def test_dicom_and_nifti_exports_give_the_same_tensor(tmp_path):
     from aidnet.io.read import read_volume
     from aidnet.phantom import render_pair
 
-    volume, _, _ = render_pair(5, "small", 1)[0]
+    volume, _, _ = render_pair(1, "small", 1)[0]  # 2.96875 mm pixels: five decimals
     write_volume(volume, tmp_path / "scan.nii.gz")
     write_dicom_series(volume, tmp_path / "dicom", patient_name="P^Q", patient_id="7", seed=1)
+    dicom = read_volume(tmp_path / "dicom")
+    assert dicom.spacing[1:] == pytest.approx(volume.spacing[1:], abs=1e-9)  # not rounded
     from_nifti = preprocess_volume(read_volume(tmp_path / "scan.nii.gz"), (16, 24, 32))
-    from_dicom = preprocess_volume(read_volume(tmp_path / "dicom"), (16, 24, 32))
+    from_dicom = preprocess_volume(dicom, (16, 24, 32))
     assert from_nifti.image.std() > 0.05
     assert np.abs(from_nifti.image - from_dicom.image).max() <= 1e-3
     assert from_nifti.geometry.crop_box == from_dicom.geometry.crop_box
