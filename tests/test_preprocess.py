@@ -136,3 +136,27 @@ def test_dicom_and_nifti_exports_give_the_same_tensor(tmp_path):
     assert np.abs(from_nifti.image - from_dicom.image).max() <= 1e-3
     assert from_nifti.geometry.crop_box == from_dicom.geometry.crop_box
     assert np.allclose(from_nifti.geometry.affine, from_dicom.geometry.affine, atol=1e-3)
+
+
+def test_geometry_maps_back_to_the_input_files_own_grid(tmp_path, chest):
+    """A scan stored in RAS voxel order (as many converters write it): a network map goes
+    back through the cached geometry onto that file's own array and affine."""
+    import nibabel as nib
+
+    from aidnet.io.nifti import write_nifti
+    from aidnet.io.read import read_volume
+
+    volume, _, _ = chest
+    ras = np.flip(np.transpose(volume.array, (2, 1, 0)), axis=(0, 1, 2))  # (i, j, k) = (R, A, S)
+    affine = np.diag([1.2, 1.2, 5.0, 1.0])
+    affine[:3, 3] = [-190.0, -190.0, 0.0]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(ras), affine), tmp_path / "ras.nii.gz")
+    scan = read_volume(tmp_path / "ras.nii.gz")
+    sample = preprocess_volume(scan, (16, 48, 64))
+    geometry = CropGeometry.from_dict(json.loads(json.dumps(sample.geometry.to_dict())))
+    assert geometry == sample.geometry and geometry.source is not None
+    back, _ = geometry.to_source(scan.array)
+    assert np.array_equal(np.transpose(back, (2, 1, 0)), ras)  # the file's own voxel order
+    write_nifti(*geometry.to_source(geometry.to_original(sample.image[1])), tmp_path / "m.nii")
+    written = nib.load(tmp_path / "m.nii")
+    assert written.shape == ras.shape and np.allclose(written.affine, affine)

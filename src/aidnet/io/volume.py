@@ -32,6 +32,17 @@ class SourceGrid:
     flips: tuple[bool, bool, bool]
     affine: np.ndarray
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceGrid):
+            return NotImplemented
+        return (
+            tuple(self.axes) == tuple(other.axes)
+            and tuple(self.flips) == tuple(other.flips)
+            and np.allclose(self.affine, other.affine)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
     def to_source(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canonical (z, y, x) array on the source's own layout, with the source affine."""
         flipped = tuple(axis for axis, flip in enumerate(self.flips) if flip)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aidnet.errors import AidnetError
+from aidnet.io.volume import SourceGrid
 
 
 def _ints(values, n: int, name: str) -> tuple[int, ...]:
@@ -32,6 +33,7 @@ class CropGeometry:
     original_affine: tuple[tuple[float, ...], ...]
     crop_box: tuple[int, int, int, int, int, int]
     network_shape: tuple[int, int, int]
+    source: SourceGrid | None = None  # how the input file's own array maps to the original grid
 
     def __post_init__(self) -> None:
         shape = _ints(self.original_shape, 3, "original_shape")
@@ -108,24 +110,47 @@ class CropGeometry:
         out[b[0] : b[1], b[2] : b[3], b[4] : b[5]] = region
         return out
 
+    def to_source(self, original_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A map on the original (canonical) grid → (array, affine) on the input file's own
+        grid, ready for ``write_nifti`` so it overlays the user's scan voxel for voxel."""
+        if self.source is None:
+            return np.asarray(original_map), self.affine
+        return self.source.to_source(original_map)
+
     def to_dict(self) -> dict:
         """JSON-safe dict (lists of ints and floats)."""
-        return {
+        out: dict = {
             "original_shape": list(self.original_shape),
             "original_affine": [list(r) for r in self.original_affine],
             "crop_box": list(self.crop_box),
             "network_shape": list(self.network_shape),
         }
+        if self.source is not None:
+            out["source"] = {
+                "axes": list(self.source.axes),
+                "flips": [bool(f) for f in self.source.flips],
+                "affine": np.asarray(self.source.affine, dtype=np.float64).tolist(),
+            }
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> CropGeometry:
         """Inverse of :meth:`to_dict`; a malformed dict raises AidnetError."""
         try:
+            source = data.get("source")
+            grid = None
+            if source is not None:
+                grid = SourceGrid(
+                    axes=tuple(int(a) for a in source["axes"]),  # type: ignore[arg-type]
+                    flips=tuple(bool(f) for f in source["flips"]),  # type: ignore[arg-type]
+                    affine=np.asarray(source["affine"], dtype=np.float64).reshape(4, 4),
+                )
             return cls(
                 original_shape=data["original_shape"],
                 original_affine=data["original_affine"],
                 crop_box=data["crop_box"],
                 network_shape=data["network_shape"],
+                source=grid,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AidnetError(f"invalid crop geometry ({exc!r}); re-run preprocessing") from None

@@ -116,5 +116,6 @@ def preprocess_volume(
         original_affine=np.asarray(volume.affine).tolist(),
         crop_box=box,
         network_shape=size,
+        source=volume.source,
     )
     return Sample(image=image.astype(np.float32, copy=False), geometry=geometry)
