@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.preprocess import bench_preprocess
+
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
     times = []
@@ -52,19 +54,6 @@ def bench_agatston(repeats: int) -> dict:
         "agatston_full_scan_s": {"median": median, "runs": times},
         "ratio_to_threshold_pass": median / ref,
         "shape": list(hu.shape),
-    }
-
-
-def bench_preprocess(repeats: int) -> dict:
-    from aidnet.phantom import render_pair
-    from aidnet.preprocess import preprocess_volume
-
-    volume, _, _ = render_pair(11, "full", 1)[0]
-    median, times = timed(lambda: preprocess_volume(volume, (64, 128, 192)), repeats)
-    return {
-        "preprocess_full_scan_s": {"median": median, "runs": times},
-        "shape": list(volume.shape),
-        "target_s": 1.5,
     }
 
 
