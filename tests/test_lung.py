@@ -192,3 +192,24 @@ def test_padding_outside_the_field_of_view_is_air():
     array[:, np.hypot(yy - ny / 2, xx - nx / 2) > 0.5 * min(ny, nx)] = -3024.0
     labels = segment_lungs(volume.with_array(array))
     assert dice(labels == 1, truth == 1) >= 0.95 and dice(labels == 2, truth == 2) >= 0.95
+
+
+def test_city_block_distance_is_dsb_dilation_on_any_grid():
+    """Unit steps: exactly scipy's 6-connected binary dilation repeated; weighted steps (a
+    coarse working grid): exactly the brute-force weighted city-block distance."""
+    from scipy import ndimage
+
+    from aidnet.lung.hull import city_block_distance
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((12, 14, 16)) < 0.01
+    faces = ndimage.generate_binary_structure(3, 1)
+    for iterations in (1, 4, 10):
+        dilated = ndimage.binary_dilation(mask, structure=faces, iterations=iterations)
+        assert np.array_equal(city_block_distance(mask, limit=iterations) <= iterations, dilated)
+    steps = np.array([1.0, 2.0, 3.0])
+    seeds, grid = np.argwhere(mask), np.indices(mask.shape).reshape(3, -1).T
+    brute = (np.abs(grid[:, None, :] - seeds[None]) * steps).sum(-1).min(axis=1)
+    assert np.allclose(city_block_distance(mask, tuple(steps)).ravel(), brute)
+    hull = lung_hull(mask.astype(np.uint8), dilation_iterations=6, steps=(1, 2, 3))
+    assert np.array_equal(hull, city_block_distance(slice_hulls(mask), tuple(steps)) <= 6)

@@ -106,7 +106,9 @@ def preprocess_volume(
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     crop_lungs = lungs[crop] != 0
     factors = working_factors(volume.spacing, crop_lungs.shape)
-    hull_small = lung_hull(block_any(crop_lungs, factors), config.dilation_iterations)
+    hull_small = lung_hull(
+        block_any(crop_lungs, factors), config.dilation_iterations, steps=factors
+    )
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
     ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
     image = np.stack([resample_mean(ct, size), resample_max(calcium, size)])
