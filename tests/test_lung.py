@@ -213,3 +213,20 @@ def test_city_block_distance_is_dsb_dilation_on_any_grid():
     assert np.allclose(city_block_distance(mask, tuple(steps)).ravel(), brute)
     hull = lung_hull(mask.astype(np.uint8), dilation_iterations=6, steps=(1, 2, 3))
     assert np.array_equal(hull, city_block_distance(slice_hulls(mask), tuple(steps)) <= 6)
+
+
+def test_cardiac_field_of_view_that_cuts_the_lungs(caplog):
+    """A calcium-scoring scan's small field of view cuts the lungs at the image edge: DSB2017's
+    border rule alone would discard them; lung-dense border air is taken as lung, with a note."""
+    volume, truth = synthetic_chest((48, 320, 320), (5.0, 1.2, 1.2), gap_mm=30.0)
+    cut = (slice(None), slice(60, 260), slice(60, 260))  # 240 mm around the heart
+    small = Volume(volume.array[cut].copy(), volume.spacing, volume.affine)
+    assert truth[cut][:, :, 0].any() and truth[cut][:, :, -1].any()  # lungs reach both edges
+    with caplog.at_level("WARNING", logger="aidnet"):
+        labels = segment_lungs(small)
+    assert dice(labels == 1, truth[cut] == 1) >= 0.95 and dice(labels == 2, truth[cut] == 2) >= 0.95
+    assert "field of view cuts through the lungs" in caplog.text
+    with caplog.at_level("WARNING", logger="aidnet"):
+        caplog.clear()
+        segment_lungs(volume)  # the whole chest: no note
+    assert "field of view" not in caplog.text

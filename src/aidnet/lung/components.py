@@ -11,6 +11,7 @@ from scipy import ndimage
 
 AIR_HU = -600.0
 BODY_HU = -500.0
+OUTSIDE_AIR_HU = -950.0  # air outside the body reads about −1000 HU; lung about −850
 SLICE_2D = np.zeros((3, 3, 3), dtype=bool)
 SLICE_2D[1] = True  # 8-connected within an axial slice, nothing across slices
 SLICE_2D_4 = np.zeros((3, 3, 3), dtype=bool)
@@ -41,19 +42,26 @@ def body_axis(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(count > 0, ys / count, cy), np.where(count > 0, xs / count, cx)
 
 
-def inner_air(air: np.ndarray) -> np.ndarray:
-    """Air not connected, within its axial slice, to the in-plane border of the image.
+def inner_air(air: np.ndarray, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(air not connected to the image border, border air that is lung-dense) per slice.
 
-    Per-slice 8-connected components, as in DSB2017: removes the air around the body, the air
-    that wraps around it and the air under and beside the table, while a scan that reaches the
-    neck and face (airway open to the outside) still keeps its lungs.
+    Per-slice 8-connected components, as in DSB2017: removing the air connected to the
+    in-plane border removes the air around the body, the air that wraps around it and the air
+    under and beside the table, while a scan that reaches the neck and face (airway open to the
+    outside) still keeps its lungs. Border components whose mean is lung, not air (above
+    ``OUTSIDE_AIR_HU``), are returned apart: a field of view that cuts through the lungs, as in
+    a dedicated cardiac calcium-scoring scan, leaves the lungs touching the border.
     """
     labels, n = ndimage.label(air, structure=SLICE_2D)
     outside = np.zeros(n + 1, dtype=bool)
-    outside[0] = True
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[edge.ravel()] = True
-    return ~outside[labels]
+    outside[0] = True
+    count = np.bincount(labels.ravel(), minlength=n + 1)
+    total = np.bincount(labels.ravel(), weights=hu.ravel(), minlength=n + 1)
+    cut = outside & (total > OUTSIDE_AIR_HU * np.maximum(count, 1))
+    cut[0] = False
+    return ~outside[labels], cut[labels]
 
 
 def slice_stats(labels: np.ndarray, n: int, dist_mm: np.ndarray):

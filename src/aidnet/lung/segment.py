@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy import ndimage
 
@@ -26,6 +28,11 @@ def check_finite(array: np.ndarray) -> None:
         raise AidnetError("image contains NaN values")
 
 
+def _lung_components(air, spacing, axis_y, axis_x) -> np.ndarray:
+    lungs = select_lungs(air, spacing, (axis_y, axis_x))
+    return remove_trachea(lungs, spacing, axis_x)
+
+
 def segment_working(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Lung labels on the coarse working grid (~2 mm voxels) and its block factors."""
     array = np.asarray(volume.array)
@@ -38,8 +45,16 @@ def segment_working(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
     # padding outside the reconstruction circle (−2000, −3024 …) is air, not something darker
     hu = smooth_hu(np.maximum(block_mean(array, factors), -1024.0), spacing)
     axis_y, axis_x = body_axis(hu)
-    candidates = select_lungs(inner_air(hu < AIR_HU), spacing, (axis_y, axis_x))
-    candidates = remove_trachea(candidates, spacing, axis_x)
+    inside, cut = inner_air(hu < AIR_HU, hu)
+    candidates = _lung_components(inside, spacing, axis_y, axis_x)
+    if cut.any():  # the field of view may cut through the lungs (a cardiac scan)
+        wider = _lung_components(inside | cut, spacing, axis_y, axis_x)
+        if wider.sum() > 1.5 * candidates.sum():
+            logging.getLogger("aidnet").warning(
+                "the field of view cuts through the lungs (a cardiac scan?): lung-dense air "
+                "at the image edge is taken as lung"
+            )
+            candidates = wider
     if not candidates.any():
         darkest = float(hu.min())
         hint = (
