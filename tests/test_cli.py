@@ -212,3 +212,156 @@ def edit_description(folder, text):
         ds = pydicom.dcmread(f)
         ds.SeriesDescription = text
         ds.save_as(f)
+
+
+@pytest.fixture(scope="module")
+def phantom_cohort(tmp_path_factory):
+    """Three phantom subjects (six small scans) and their manifest."""
+    from aidnet.phantom import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=3, seed=5, progress=False)
+
+
+def cache_listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def bad_scans(folder):
+    """(visit, path) of scans that must fail alone, each in its own way."""
+    from aidnet.io.dicom import write_dicom_series
+    from aidnet.io.volume import Volume
+    from test_lung import synthetic_chest
+
+    folder.mkdir()
+    chest, _ = synthetic_chest((30, 48, 48), (8.0, 8.0, 8.0))
+    (folder / "empty.nii.gz").write_bytes(b"")
+    good = write_nifti(chest.array.astype(np.int16), chest.affine, folder / "good.nii.gz")
+    data = good.read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    good.unlink()
+    nan = chest.array.copy()
+    nan[10, 20, 20] = np.nan
+    write_nifti(nan, chest.affine, folder / "nan.nii.gz")
+    shape, spacing = (30, 64, 64), (4.0, 3.0, 3.0)
+    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
+    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 3.0 / 95) ** 2 + (x * 3.0 / 75) ** 2)
+    hu = np.where(r <= 1.0, 700.0, -1000.0)
+    hu[r <= 0.93] = 35.0
+    head = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+    write_nifti(head.array.astype(np.int16), head.affine, folder / "head.nii.gz")
+    mr = write_dicom_series(chest, folder / "mr", patient_name="SECRET^NAME", patient_id="9")
+    edit_modality(mr, "MR")
+    return [
+        ("missing", folder / "missing.nii.gz", "file not found"),
+        ("empty", folder / "empty.nii.gz", "file is empty"),
+        ("truncated", folder / "truncated.nii.gz", "not a readable image"),
+        ("nan", folder / "nan.nii.gz", "NaN"),
+        ("head", folder / "head.nii.gz", "no lungs found"),
+        ("mr", mr, "not a CT series (modality MR)"),
+    ]
+
+
+def edit_modality(folder, modality):
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Modality = modality
+        ds.save_as(f)
+
+
+def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path):
+    from aidnet.data.manifest import read_manifest
+
+    bad = bad_scans(tmp_path / "bad")
+    rows = ["subject,visit,path,agatston"]
+    rows += [f"{r.subject},{r.visit},{r.path},{r.agatston}" for r in read_manifest(phantom_cohort)]
+    rows = rows[:3] + [f"B1,{visit},{path},0" for visit, path, _ in bad]  # two good scans
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "cache"
+    result = run("preprocess", manifest, "--out", cache, "--preset", "tiny", "--workers", 2, "--qc")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
+    assert len(lines) == len(bad)
+    for (visit, path, problem), line in zip(sorted(bad), lines, strict=True):
+        assert line.startswith(f"failed B1_{visit}: {path}: "), line
+        assert problem in line, line
+    assert f"2 of 8 scans preprocessed into {cache} (0 reused, 6 failed)" in result.stdout
+    assert "aidnet: error: 6 scan(s) failed" in result.stderr
+    assert "SECRET" not in result.output
+    names = cache_listing(cache)
+    assert names[-1] == "qc" and len(names) == 3
+    assert all(n.endswith(".npz") for n in names[:2])
+    assert [n.split("-")[0] for n in names[:2]] == ["P0001_rescan", "P0001_scan"]
+    assert cache_listing(cache / "qc") == ["P0001_rescan.png", "P0001_scan.png"]
+
+
+def test_preprocess_resumes_after_sigkill(phantom_cohort, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from aidnet.data.cache import load_cached
+
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "aidnet.cli", "preprocess", str(phantom_cohort)]
+    command += ["--out", str(cache), "--preset", "tiny", "--workers", "1"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (cache.is_dir() and any(cache.glob("*.npz"))) and time.monotonic() < deadline:
+            assert proc.poll() is None, "preprocess ended before it was killed"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = len(list(cache.glob("*.npz")))
+    assert 1 <= finished < 6
+    result = run("preprocess", phantom_cohort, "--out", cache, "--preset", "tiny")
+    assert result.exit_code == 0, result.output
+    assert f"6 of 6 scans preprocessed into {cache} ({finished} reused, 0 failed)" in result.stdout
+    names = cache_listing(cache)
+    assert len(names) == 6 and all(n.endswith(".npz") for n in names)  # no temporary files
+    for name in names:
+        assert load_cached(cache / name).image.shape == (2, 16, 24, 32)
+    stamps = {n: (cache / n).stat().st_mtime_ns for n in names}
+    qc = run("preprocess", phantom_cohort, "--out", cache, "--preset", "tiny", "--qc")
+    assert qc.exit_code == 0, qc.output
+    assert "6 of 6 scans preprocessed" in qc.stdout and "(6 reused, 0 failed)" in qc.stdout
+    assert len(cache_listing(cache / "qc")) == 6  # QC images made for scans already cached
+    assert {n: (cache / n).stat().st_mtime_ns for n in names} == stamps
+
+
+def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "aidnet.cli", "preprocess", str(phantom_cohort)]
+    command += ["--out", str(cache), "--preset", "tiny", "--workers", "2"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not (cache.is_dir() and any(cache.glob("*.npz"))) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.rstrip().endswith("aidnet: interrupted; finished work is kept, re-run to resume")
+    assert all(p.suffix == ".npz" and not p.name.startswith(".") for p in cache.iterdir())

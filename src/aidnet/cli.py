@@ -145,18 +145,26 @@ def preprocess(
     out: Path = typer.Option(..., "--out", help="Cache folder (one file per scan)."),
     preset: str = typer.Option("demo", "--preset", help="Sets the network input size."),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel processes."),
+    qc: bool = typer.Option(
+        False, "--qc", help="Also draw OUT/qc/<subject>_<visit>.png: lungs and crop box."
+    ),
 ) -> None:
     """Preprocess every scan of a manifest into the cache (resumable; failures are skipped)."""
     from aidnet.config import load_config
     from aidnet.data.cache import preprocess_cohort
     from aidnet.data.manifest import read_manifest
+    from aidnet.preprocess import PreprocessConfig
 
-    config = load_config(preset)
-    records = read_manifest(manifest)
-    done, failures = preprocess_cohort(records, out, config.input_size, workers=workers)
+    config = PreprocessConfig(size=load_config(preset).input_size)
+    records = read_manifest(manifest, check_files=False)  # a missing scan fails alone
+    result = preprocess_cohort(records, out, config, workers=workers, qc=qc)
+    failures = result.failures
     for key in sorted(failures):
         typer.echo(f"failed {key}: {failures[key]}", err=True)
-    typer.echo(f"{len(done)} of {len(records)} scans preprocessed into {out}")
+    typer.echo(
+        f"{len(result.done)} of {len(records)} scans preprocessed into {out} "
+        f"({result.reused} reused, {len(failures)} failed)"
+    )
     if failures:
         raise AidnetError(f"{len(failures)} scan(s) failed; see the lines above")
 

@@ -1,32 +1,59 @@
 """Preprocess once, train from disk (nnU-Net style): one cache file per scan.
 
-A cache file is keyed by the input file (path, size, modification time) and by the
-preprocessing configuration, so a changed input or config never reuses a stale file. Files are
-written atomically, so a killed run leaves no half-written entry and a re-run resumes.
+A cache file is keyed by the input (resolved path, file sizes, modification times) and by the
+full :class:`~aidnet.preprocess.PreprocessConfig` key (settings and algorithm version), so a
+changed input or config never reuses a stale file. Files are written atomically, so a killed
+run leaves no half-written entry and a re-run resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aidnet.atomic import atomic_path
 from aidnet.data.manifest import ScanRecord
 from aidnet.errors import AidnetError
+from aidnet.preprocess.config import PreprocessConfig
 
-PREPROCESS_VERSION = "1"
+if TYPE_CHECKING:
+    from aidnet.data.job import Job
+
+QC_FOLDER = "qc"
 
 
 @dataclass(frozen=True)
 class CachedScan:
     image: np.ndarray  # (2, Z, Y, X) float32
     geometry: dict
+    config: dict = field(default_factory=dict)  # PreprocessConfig.to_dict() that made it
+
+
+@dataclass
+class CohortResult:
+    """What :func:`preprocess_cohort` did: ``done`` maps scan keys to cache files (reused ones
+    included), ``failures`` scan keys to one-line problems, ``reused`` counts files kept."""
+
+    done: dict[str, Path]
+    failures: dict[str, str]
+    reused: int = 0
+
+
+def as_config(config: PreprocessConfig | tuple[int, int, int]) -> PreprocessConfig:
+    """A :class:`PreprocessConfig`, built with defaults when only the network size is given."""
+    if isinstance(config, PreprocessConfig):
+        return config
+    try:
+        return PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise AidnetError(str(exc)) from None
 
 
 def _input_fingerprint(path: Path) -> str:
@@ -42,80 +69,134 @@ def _input_fingerprint(path: Path) -> str:
     return "|".join([str(path.resolve()), *parts])
 
 
-def cache_path(cache_dir: Path, record: ScanRecord, size: tuple[int, int, int]) -> Path:
-    key = json.dumps(
-        {"input": _input_fingerprint(record.path), "size": list(size), "v": PREPROCESS_VERSION}
-    )
+def cache_path(
+    cache_dir: Path, record: ScanRecord, config: PreprocessConfig | tuple[int, int, int]
+) -> Path:
+    """``cache_dir/<subject>_<visit>-<digest>.npz``; raises OSError if the input is missing."""
+    key = json.dumps({"input": _input_fingerprint(record.path), "config": as_config(config).key()})
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return cache_dir / f"{record.key}-{digest}.npz"
+    return Path(cache_dir) / f"{record.key}-{digest}.npz"
 
 
-def save_cached(path: Path, image: np.ndarray, geometry: dict) -> None:
-    with atomic_path(path, suffix=".npz") as tmp, tmp.open("wb") as fh:
-        np.savez(fh, image=image.astype(np.float32), geometry=json.dumps(geometry))
+def qc_path(cache_dir: Path, record: ScanRecord) -> Path:
+    return Path(cache_dir) / QC_FOLDER / f"{record.key}.png"
+
+
+def temp_suffix(suffix: str) -> str:
+    """Suffix for :func:`atomic_path` naming this process, so that the temporary files of a
+    killed process can be recognised and removed (see :func:`remove_stale_temps`)."""
+    return f".pid{os.getpid()}{suffix}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files left in ``folder`` by processes that no longer run."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(".tmp-*.pid*"):
+        pid_text = tmp.name.rsplit(".pid", 1)[1].split(".", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def save_cached(path: Path, image: np.ndarray, geometry: dict, config: dict | None = None) -> None:
+    with atomic_path(path, suffix=temp_suffix(".npz")) as tmp, tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            image=image.astype(np.float32),
+            geometry=json.dumps(geometry),
+            config=json.dumps(config or {}),
+        )
 
 
 def load_cached(path: Path) -> CachedScan:
     try:
         with np.load(path) as data:
-            return CachedScan(image=data["image"], geometry=json.loads(str(data["geometry"])))
+            config = json.loads(str(data["config"])) if "config" in data.files else {}
+            return CachedScan(
+                image=data["image"], geometry=json.loads(str(data["geometry"])), config=config
+            )
     except Exception as exc:
         raise AidnetError(f"{path}: unreadable cache file ({exc}); delete it and re-run") from None
-
-
-def preprocess_record(record: ScanRecord, size: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
-    """Raw scan → (2, Z, Y, X) network input and its crop geometry as a dict."""
-    from aidnet.io.read import read_volume
-    from aidnet.preprocess import preprocess_volume
-
-    volume = read_volume(record.path)
-    try:
-        sample = preprocess_volume(volume, size)
-    except AidnetError as exc:
-        raise AidnetError(f"{record.path}: {exc}") from None
-    return sample.image, sample.geometry.to_dict()
-
-
-def _work(args: tuple[ScanRecord, tuple[int, int, int], Path]) -> tuple[str, str | None]:
-    record, size, target = args
-    try:
-        image, geometry = preprocess_record(record, size)
-        save_cached(target, image, geometry)
-        return record.key, None
-    except AidnetError as exc:
-        return record.key, str(exc)
-    except Exception as exc:  # one broken scan must not stop the cohort
-        return record.key, f"{record.path}: {type(exc).__name__}: {exc}"
 
 
 def preprocess_cohort(
     records: Iterable[ScanRecord],
     cache_dir: Path,
-    size: tuple[int, int, int],
+    config: PreprocessConfig | tuple[int, int, int],
     *,
     workers: int = 1,
     progress: bool = True,
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """Fill the cache; return ({scan key: cache file}, {scan key: error}) — failures skipped."""
+    qc: bool = False,
+) -> CohortResult:
+    """Fill the cache (and ``cache_dir/qc/`` with ``qc``); failed scans are reported, not raised.
+
+    Finished files are kept, so a re-run (also after a kill) does only the rest. ``workers`` > 1
+    runs scans in that many single-threaded processes; ``workers`` = 1 runs in this process.
+    """
     from tqdm import tqdm
 
+    from aidnet.data.job import Job, run_job
+    from aidnet.data.pool import run_unordered
+
+    config = as_config(config)
+    cache_dir = Path(cache_dir)
     records = list(records)
-    targets = {r.key: cache_path(cache_dir, r, size) for r in records}
-    todo = [(r, size, targets[r.key]) for r in records if not targets[r.key].exists()]
+    remove_stale_temps(cache_dir)
+    remove_stale_temps(cache_dir / QC_FOLDER)
+    targets: dict[str, Path] = {}
     failures: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc="preprocess", unit="scan", disable=not progress or not todo)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for key, error in pool.map(_work, todo):
-                if error:
-                    failures[key] = error
-                bar.update()
-    else:
-        for item in todo:
-            key, error = _work(item)
+    jobs: list[Job] = []
+    reused = 0
+    for record in records:
+        try:
+            target = cache_path(cache_dir, record, config)
+        except FileNotFoundError:
+            failures[record.key] = f"{record.path}: file not found"
+            continue
+        except OSError as exc:
+            failures[record.key] = f"{record.path}: cannot read ({exc.strerror or exc})"
+            continue
+        targets[record.key] = target
+        qc_file = qc_path(cache_dir, record) if qc else None
+        exists = target.exists()
+        reused += exists
+        if not exists or (qc_file is not None and not qc_file.exists()):
+            jobs.append(Job(record, config, target, qc_file, build=not exists))
+    bar = tqdm(total=len(jobs), desc="preprocess", unit="scan", disable=not progress or not jobs)
+    results = run_unordered(run_job, jobs, workers, lost=_lost)
+    try:
+        for key, error in results:
             if error:
                 failures[key] = error
             bar.update()
-    bar.close()
+    finally:  # on Ctrl-C: stop the workers now, not when the exception is collected
+        results.close()
+        bar.close()
+        remove_stale_temps(cache_dir)
+        remove_stale_temps(cache_dir / QC_FOLDER)
     done = {k: p for k, p in targets.items() if k not in failures and p.exists()}
-    return done, failures
+    return CohortResult(done, failures, reused)
+
+
+def _lost(job: Job, exc: BaseException) -> tuple[str, str | None]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from aidnet.data.job import failure_message
+
+    path = job.record.path
+    if isinstance(exc, BrokenProcessPool):
+        return job.record.key, f"{path}: a worker process died (out of memory?); re-run to retry"
+    return job.record.key, failure_message(path, exc)

@@ -58,7 +58,8 @@ def cached_items(
     """Preprocess (or reuse) every scan; failures are returned, not raised."""
     if cache_dir is None:
         cache_dir = (trained.run_dir / "cache") if trained.run_dir else out / "cache"
-    done, failures = preprocess_cohort(records, cache_dir, trained.input_size, progress=True)
+    cached = preprocess_cohort(records, cache_dir, trained.input_size, progress=True)
+    done, failures = cached.done, cached.failures
     items = [Item(r, done[r.key]) for r in records if r.key in done]
     return items, failures
 

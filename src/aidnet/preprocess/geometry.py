@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from aidnet.errors import AidnetError
 from aidnet.io.volume import SourceGrid
@@ -96,6 +94,9 @@ class CropGeometry:
         The crop region is resampled with linear interpolation (edges held constant); voxels
         outside the crop box are 0.
         """
+        import torch
+        import torch.nn.functional as F
+
         net = np.asarray(net_array, dtype=np.float32)
         if net.shape != self.network_shape:
             raise ValueError(f"expected a map of shape {self.network_shape}, got {net.shape}")

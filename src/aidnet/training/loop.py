@@ -71,9 +71,10 @@ def prepare_data(
             seed=config.seed,
         )
         write_splits(split_file, assignment)
-    done, failures = preprocess_cohort(
+    cached = preprocess_cohort(
         records, cache_dir or out / "cache", config.input_size, workers=workers, progress=progress
     )
+    done, failures = cached.done, cached.failures
     items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     for record in records:
         if record.key in done:
