@@ -31,18 +31,23 @@ def _preprocess(manifest: Path, cache: Path, workers: int) -> tuple[float, str]:
     return time.perf_counter() - t0, done.stdout.strip().splitlines()[-1]
 
 
-def _cohort(folder: Path, subjects: int) -> Path:
+def _cohort(folder: Path, subjects: int, size: str = "small") -> Path:
     from aidnet.phantom import make_cohort
 
-    return make_cohort(folder / "cohort", subjects=subjects, seed=0, size="small")
+    return make_cohort(folder / "cohort", subjects=subjects, seed=0, size=size)
 
 
-def bench_cohort_workers(repeats: int, subjects: int = 20) -> dict:
-    """Median wall time of ``aidnet preprocess`` (``subjects`` × 2 small phantom scans) with
-    ``--workers 1`` and ``--workers 2``, each on a fresh cache; ratio = workers 2 / workers 1."""
+def bench_cohort_workers(
+    repeats: int, subjects: int = 20, size: str = "full", manifest: Path | None = None
+) -> dict:
+    """Median wall time of ``aidnet preprocess`` (``subjects`` × 2 phantom scans of ``size``,
+    or an existing ``manifest``) with ``--workers 1`` and ``--workers 2``, each on a fresh
+    cache; ratio = workers 2 / workers 1."""
     with tempfile.TemporaryDirectory(prefix="aidnet-bench-") as tmp:
         folder = Path(tmp)
-        manifest = _cohort(folder, subjects)
+        generated = manifest is None
+        if manifest is None:
+            manifest = _cohort(folder, subjects, size)
         runs: dict[int, list[float]] = {1: [], 2: []}
         for repeat in range(repeats):
             for workers in (1, 2):
@@ -50,7 +55,8 @@ def bench_cohort_workers(repeats: int, subjects: int = 20) -> dict:
                 runs[workers].append(seconds)
     medians = {w: statistics.median(times) for w, times in runs.items()}
     return {
-        "scans": 2 * subjects,
+        "cohort": f"phantom, {size}" if generated else str(manifest),
+        "scans": len(manifest.read_text(encoding="utf-8").splitlines()) - 1,
         "workers_1_s": {"median": medians[1], "runs": runs[1]},
         "workers_2_s": {"median": medians[2], "runs": runs[2]},
         "ratio_2_to_1": medians[2] / medians[1],

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
 from benchmarks.preprocess import bench_preprocess
 
 
@@ -57,7 +58,13 @@ def bench_agatston(repeats: int) -> dict:
     }
 
 
-BENCHES = {"phantom": bench_phantom, "agatston": bench_agatston, "preprocess": bench_preprocess}
+BENCHES = {
+    "phantom": bench_phantom,
+    "agatston": bench_agatston,
+    "preprocess": bench_preprocess,
+    "cohort_workers": bench_cohort_workers,
+    "cohort_resume": lambda repeats: bench_cohort_resume(),
+}
 
 
 def main() -> None:
