@@ -31,6 +31,10 @@ def _preprocess(manifest: Path, cache: Path, workers: int) -> tuple[float, str]:
     return time.perf_counter() - t0, done.stdout.strip().splitlines()[-1]
 
 
+def _finished(cache: Path) -> list[Path]:
+    return [p for p in cache.glob("*.npz") if not p.name.startswith(".")]
+
+
 def _cohort(folder: Path, subjects: int, size: str = "small") -> Path:
     from aidnet.phantom import make_cohort
 
@@ -78,12 +82,12 @@ def bench_cohort_resume(subjects: int = 20, workers: int = 1) -> dict:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        while proc.poll() is None and len(list(cache.glob("*.npz"))) < scans // 2:
+        while proc.poll() is None and len(_finished(cache)) < scans // 2:
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         left_behind = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".npz"))
-        finished = len(list(cache.glob("*.npz")))
+        finished = len(_finished(cache))
         seconds, summary = _preprocess(manifest, cache, workers)
         after = sorted(p.name for p in cache.iterdir())
     return {

@@ -226,6 +226,11 @@ def cache_listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+def finished_files(cache):
+    """Cache entries (pathlib's ``*`` also matches the hidden ``.tmp-…npz`` files in flight)."""
+    return [p for p in cache.glob("*.npz") if not p.name.startswith(".")]
+
+
 def bad_scans(folder):
     """(visit, path) of scans that must fail alone, each in its own way."""
     from aidnet.io.dicom import write_dicom_series
@@ -315,13 +320,13 @@ def test_preprocess_resumes_after_sigkill(phantom_cohort, tmp_path):
     )
     try:
         deadline = time.monotonic() + 60
-        while not (cache.is_dir() and any(cache.glob("*.npz"))) and time.monotonic() < deadline:
+        while not (cache.is_dir() and finished_files(cache)) and time.monotonic() < deadline:
             assert proc.poll() is None, "preprocess ended before it was killed"
             time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = len(list(cache.glob("*.npz")))
+    finished = len(finished_files(cache))
     assert 1 <= finished < 6
     result = run("preprocess", phantom_cohort, "--out", cache, "--preset", "tiny")
     assert result.exit_code == 0, result.output
@@ -352,7 +357,7 @@ def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
     )
     deadline = time.monotonic() + 60
-    while not (cache.is_dir() and any(cache.glob("*.npz"))) and time.monotonic() < deadline:
+    while not (cache.is_dir() and finished_files(cache)) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
