@@ -68,14 +68,15 @@ def bench_cohort_workers(
     }
 
 
-def bench_cohort_resume(subjects: int = 20, workers: int = 1) -> dict:
+def bench_cohort_resume(subjects: int = 20, workers: int = 1, manifest: Path | None = None) -> dict:
     """Kill ``aidnet preprocess`` (SIGKILL to its process group) once half the cache files
     exist, re-run it, and report how many files the re-run reused and how long it took."""
     with tempfile.TemporaryDirectory(prefix="aidnet-bench-") as tmp:
         folder = Path(tmp)
-        manifest = _cohort(folder, subjects)
+        if manifest is None:
+            manifest = _cohort(folder, subjects)
         cache = folder / "cache"
-        scans = 2 * subjects
+        scans = len(manifest.read_text(encoding="utf-8").splitlines()) - 1
         proc = subprocess.Popen(
             _command(manifest, cache, workers),
             stdout=subprocess.DEVNULL,

@@ -159,7 +159,8 @@ def test_lungs_command_writes_the_mask_on_the_input_grid(tmp_path):
     )
 
 
-def test_lungs_command_on_a_head_names_the_file(tmp_path):
+def head_volume():
+    """A skull of bone around brain tissue in air: a CT with no lungs."""
     from aidnet.io.volume import Volume
 
     shape, spacing = (30, 64, 64), (4.0, 3.0, 3.0)
@@ -167,7 +168,12 @@ def test_lungs_command_on_a_head_names_the_file(tmp_path):
     r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 3.0 / 95) ** 2 + (x * 3.0 / 75) ** 2)
     hu = np.where(r <= 1.0, 700.0, -1000.0)
     hu[r <= 0.93] = 35.0
-    head = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+    return Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+
+
+def test_lungs_command_on_a_head_names_the_file(tmp_path):
+
+    head = head_volume()
     ras_nifti(head, tmp_path / "head.nii.gz")
     result = run("lungs", tmp_path / "head.nii.gz", "--out", tmp_path / "m.nii.gz")
     one_line_error(result, f"{tmp_path / 'head.nii.gz'}: no lungs found")
@@ -234,7 +240,6 @@ def finished_files(cache):
 def bad_scans(folder):
     """(visit, path) of scans that must fail alone, each in its own way."""
     from aidnet.io.dicom import write_dicom_series
-    from aidnet.io.volume import Volume
     from test_lung import synthetic_chest
 
     folder.mkdir()
@@ -247,12 +252,7 @@ def bad_scans(folder):
     nan = chest.array.copy()
     nan[10, 20, 20] = np.nan
     write_nifti(nan, chest.affine, folder / "nan.nii.gz")
-    shape, spacing = (30, 64, 64), (4.0, 3.0, 3.0)
-    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
-    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 3.0 / 95) ** 2 + (x * 3.0 / 75) ** 2)
-    hu = np.where(r <= 1.0, 700.0, -1000.0)
-    hu[r <= 0.93] = 35.0
-    head = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+    head = head_volume()
     write_nifti(head.array.astype(np.int16), head.affine, folder / "head.nii.gz")
     mr = write_dicom_series(chest, folder / "mr", patient_name="SECRET^NAME", patient_id="9")
     edit_modality(mr, "MR")

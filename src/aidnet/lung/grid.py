@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-WORKING_MM = 2.0
+WORKING_MM = 2.5
 
 
 def working_factors(
-    spacing: tuple[float, float, float], shape: tuple[int, ...], target_mm: float = WORKING_MM
+    spacing: tuple[float, float, float], shape: tuple[int, ...], max_mm: float = WORKING_MM
 ) -> tuple[int, int, int]:
-    """Integer (fz, fy, fx) that bring each voxel side close to ``target_mm`` (never below 1)."""
+    """Integer (fz, fy, fx): the largest blocks whose sides stay within ``max_mm`` (at least 1).
+
+    Typical chest CT voxels (0.6–0.9 mm, 1–1.25 mm slices) become 2–2.5 mm working voxels;
+    coarser axes are left as they are.
+    """
     return tuple(  # type: ignore[return-value]
-        int(min(n, max(1, round(target_mm / float(s)))))
+        int(min(n, max(1, np.floor(max_mm / float(s) + 1e-6))))
         for s, n in zip(spacing, shape, strict=True)
     )
 

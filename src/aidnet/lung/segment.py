@@ -34,7 +34,7 @@ def _lung_components(air, spacing, axis_y, axis_x) -> np.ndarray:
 
 
 def segment_working(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Lung labels on the coarse working grid (~2 mm voxels) and its block factors."""
+    """Lung labels on the coarse working grid (2–2.5 mm voxels) and its block factors."""
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise AidnetError(f"expected a 3-D volume, got an array of shape {array.shape}")
@@ -77,7 +77,7 @@ def segment_working(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
 def segment_lungs(volume: Volume) -> np.ndarray:
     """uint8 mask on the volume's grid: 0 background, 1 right lung, 2 left lung.
 
-    Follows DSB2017 step 1 (lfz/DSB2017) on a ~2 mm working grid: Gaussian-smoothed (σ = 1 mm)
+    Follows DSB2017 step 1 (lfz/DSB2017) on a 2–2.5 mm working grid: Gaussian-smoothed (σ = 1 mm)
     threshold at −600 HU; air connected to the image border within its slice removed; 3-D
     components of 0.2–10 L near the body axis kept; the airway above the lungs dropped; a joined
     pair split by erosion (or at the midline); holes filled per slice; mapped back with nearest

@@ -75,8 +75,9 @@ def preprocess_volume(
     ``config`` is a :class:`PreprocessConfig` or just the network size (Z, Y, X).
 
     1. ``lungs`` (nonzero = lung; default :func:`aidnet.lung.segment_lungs`) and their dilated
-       per-slice convex hull, computed on the ~2 mm working grid (``dilation_iterations`` steps
-       of that grid, ≈ 20 mm) and mapped back with nearest neighbour.
+       per-slice convex hull, computed on the 2–2.5 mm working grid and mapped back with nearest
+       neighbour; the dilation is ``dilation_iterations`` 6-connected steps of the scan's own
+       grid (DSB2017), computed exactly on the working grid.
     2. Crop to the lungs' bounding box (it holds the heart), widened by ``margin_mm`` (default
        none, as in the paper) within the scan.
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
