@@ -159,21 +159,8 @@ def test_lungs_command_writes_the_mask_on_the_input_grid(tmp_path):
     )
 
 
-def head_volume():
-    """A skull of bone around brain tissue in air: a CT with no lungs."""
-    from aidnet.io.volume import Volume
-
-    shape, spacing = (30, 64, 64), (4.0, 3.0, 3.0)
-    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
-    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 3.0 / 95) ** 2 + (x * 3.0 / 75) ** 2)
-    hu = np.where(r <= 1.0, 700.0, -1000.0)
-    hu[r <= 0.93] = 35.0
-    return Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
-
-
-def test_lungs_command_on_a_head_names_the_file(tmp_path):
-
-    head = head_volume()
+def test_lungs_command_on_a_head_names_the_file(tmp_path, head_ct):
+    head = head_ct
     ras_nifti(head, tmp_path / "head.nii.gz")
     result = run("lungs", tmp_path / "head.nii.gz", "--out", tmp_path / "m.nii.gz")
     one_line_error(result, f"{tmp_path / 'head.nii.gz'}: no lungs found")
@@ -237,7 +224,7 @@ def finished_files(cache):
     return [p for p in cache.glob("*.npz") if not p.name.startswith(".")]
 
 
-def bad_scans(folder):
+def bad_scans(folder, head):
     """(visit, path) of scans that must fail alone, each in its own way."""
     from aidnet.io.dicom import write_dicom_series
     from test_lung import synthetic_chest
@@ -252,7 +239,6 @@ def bad_scans(folder):
     nan = chest.array.copy()
     nan[10, 20, 20] = np.nan
     write_nifti(nan, chest.affine, folder / "nan.nii.gz")
-    head = head_volume()
     write_nifti(head.array.astype(np.int16), head.affine, folder / "head.nii.gz")
     mr = write_dicom_series(chest, folder / "mr", patient_name="SECRET^NAME", patient_id="9")
     edit_modality(mr, "MR")
@@ -275,10 +261,10 @@ def edit_modality(folder, modality):
         ds.save_as(f)
 
 
-def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path):
+def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path, head_ct):
     from aidnet.data.manifest import read_manifest
 
-    bad = bad_scans(tmp_path / "bad")
+    bad = bad_scans(tmp_path / "bad", head_ct)
     rows = ["subject,visit,path,agatston"]
     rows += [f"{r.subject},{r.visit},{r.path},{r.agatston}" for r in read_manifest(phantom_cohort)]
     rows = rows[:3] + [f"B1,{visit},{path},0" for visit, path, _ in bad]  # two good scans

@@ -100,15 +100,9 @@ def test_segment_lungs_on_int16_phantom():
     assert np.nonzero(lungs == 1)[2].mean() < np.nonzero(lungs == 2)[2].mean()
 
 
-def test_head_without_lungs_raises():
-    shape, spacing = (40, 96, 96), (4.0, 2.5, 2.5)
-    z, y, x = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
-    r = np.sqrt((z * 4.0 / 90) ** 2 + (y * 2.5 / 95) ** 2 + (x * 2.5 / 75) ** 2)
-    hu = np.where(r <= 1.0, 700.0, -1000.0)
-    hu[r <= 0.93] = 35.0
-    sinus = np.sqrt((z * 4.0) ** 2 + ((y + 20) * 2.5) ** 2 + (x * 2.5) ** 2) <= 12
-    hu[sinus] = -1000.0
-    volume = Volume(hu.astype(np.float32), spacing, canonical_affine(spacing))
+def test_head_without_lungs_raises(head_ct):
+    volume = head_ct
+    shape, spacing = volume.shape, volume.spacing
     with pytest.raises(AidnetError, match="no lungs found"):
         segment_lungs(volume)
     tissue = Volume(np.full(shape, 40.0, np.float32), spacing, canonical_affine(spacing))
