@@ -40,7 +40,10 @@ class Config:
     test_fraction: float = 0.2
     augment: bool = True
     max_shift: int = 2  # voxels of random translation on the network grid
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # mixed precision on GPUs (bfloat16 where supported, else float16)
+    checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
+    checkpoint_steps: int = 0  # and/or every this many steps (0: off)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +68,8 @@ class Config:
             raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
         if self.lr_schedule not in ("constant", "cosine"):
             raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
+        if self.checkpoint_minutes <= 0 or self.checkpoint_steps < 0:
+            raise AidnetError("checkpoint_minutes must be > 0 and checkpoint_steps >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise AidnetError("epochs and batch_size must be >= 1")
         return self

@@ -1,9 +1,10 @@
-"""The training loop shared by every model (paper §2.4): Adam, batch of pairs, model selection
-on validation AUC, an atomic checkpoint every epoch, resumable at epoch boundaries."""
+"""The training loop shared by every model (paper §2.4): Adam, batches of pairs (or of single
+scans for the baselines), model selection on validation AUC, atomic checkpoints at every epoch
+end and every few minutes within an epoch, exact resume after any saved step, mixed precision on
+GPUs and several processes through ``torchrun`` (DDP)."""
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -21,8 +22,6 @@ from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_splits, split_subjects, write_splits
 from aidnet.errors import AidnetError
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
-
-LOG_COLUMNS = ["epoch", "loss", "ce", "contrastive", "val_auc", "val_accuracy", "seconds"]
 
 
 @dataclass
@@ -51,11 +50,15 @@ def prepare_data(
     cache_dir: Path | None = None,
     workers: int = 1,
     progress: bool = True,
+    write: bool = True,
 ) -> RunData:
-    """Read the manifest, split by subject (or reuse the run's saved split), fill the cache."""
+    """Read the manifest, split by subject (or reuse the run's saved split), fill the cache.
+
+    ``write=False`` (the other ``torchrun`` processes) only reads what process 0 wrote.
+    """
     records = labelled_records(manifest)
     split_file = out / "splits.csv"
-    if split_file.exists():
+    if split_file.exists() or not write:
         assignment = read_splits(split_file)
         unknown = sorted({r.subject for r in records} - set(assignment))
         if unknown:
@@ -127,10 +130,26 @@ def learning_rate(config: Config, epoch: int) -> float:
     return config.lr
 
 
-def _pick_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
+    saved = state.get("model_spec") or {}
+    keys = ("name", "num_classes", "features", "input_size")
+    if any(saved.get(k) != spec.get(k) for k in keys):
+        raise AidnetError(
+            f"{path}: checkpoint of model {saved.get('name')!r} "
+            f"({saved.get('num_classes')} classes, features {saved.get('features')}, input "
+            f"{saved.get('input_size')}) does not match this run's {spec['name']!r} "
+            f"({spec['num_classes']} classes, features {spec['features']}, input "
+            f"{spec['input_size']})"
+        )
+    if "next_epoch" not in state or "optimizer" not in state:
+        raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
+
+
+def _amp_dtype(dev: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 where the GPU has it (no loss scaling needed), else float16; None on CPU."""
+    if dev.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def train(
@@ -144,105 +163,172 @@ def train(
     device: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train ``config.model`` on the manifest's train split; return the best checkpoint path."""
-    from tqdm import tqdm
+    """Train ``config.model`` on the manifest's train split; return the best checkpoint path.
 
-    from aidnet.losses import PairLoss
+    Started by ``torchrun``, every process runs this; see :mod:`aidnet.training.distributed`.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
     from aidnet.models.registry import build_model
+    from aidnet.training.distributed import start_processes
 
     last = out / "last.pt"
     if last.exists() and not resume:
         raise AidnetError(f"{out}: a run already exists here; add --resume or choose another --out")
-    if resume and not last.exists():
-        raise AidnetError(f"{out}: nothing to resume (no last.pt)")
+    if resume and not last.exists() and not (out / "config.yaml").exists():
+        raise AidnetError(f"{out}: nothing to resume (no last.pt or config.yaml)")
     labelled_records(manifest)  # a bad manifest fails here, before the run folder exists
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        config = read_saved_config(out / "config.yaml")
-    else:
-        save_config(config, out / "config.yaml")
+    procs, dev = start_processes(device)
+    try:
 
-    data = prepare_data(
-        config, manifest, out, cache_dir=cache_dir, workers=workers, progress=progress
-    )
-    for key, error in data.failures.items():
-        print(f"skipped {key}: {error}")
-    torch.manual_seed(config.seed)
-    dev = _pick_device(device)
-    model: Any = build_model(
-        config.model,
-        in_channels=2,
-        num_classes=config.num_classes,
-        features=config.features,
-        dropout=config.dropout,
-    ).to(dev)
+        def setup(main: bool) -> tuple[Config, RunData]:
+            cfg = config
+            if resume and (out / "config.yaml").exists():
+                cfg = read_saved_config(out / "config.yaml")
+            elif main:
+                out.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, out / "config.yaml")
+            data = prepare_data(
+                cfg,
+                manifest,
+                out,
+                cache_dir=cache_dir,
+                workers=workers,
+                progress=progress and main,
+                write=main,
+            )
+            return cfg, data
+
+        config, data = procs.main_first(setup)
+        if procs.main:
+            for key, error in data.failures.items():
+                print(f"skipped {key}: {error}")
+        torch.manual_seed(config.seed)
+        model: Any = build_model(
+            config.model,
+            in_channels=2,
+            num_classes=config.num_classes,
+            features=config.features,
+            dropout=config.dropout,
+        ).to(dev)
+        net: Any = model
+        if procs.distributed:
+            net = DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        return _fit(config, data, manifest, out, model, net, procs, dev, resume, progress)
+    finally:
+        procs.close()
+
+
+def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) -> Path:
+    from tqdm import tqdm
+
+    from aidnet.losses import PairLoss
+    from aidnet.training.batches import epoch_batches, step_seed
+    from aidnet.training.logs import TrainLog
+
     siamese = bool(getattr(model, "siamese", False))
+    shift = config.max_shift if config.augment else 0
     if siamese:
         pairs = make_pairs(data.items["train"])
         if not pairs:
             raise AidnetError(f"{manifest}: no training subject has two labelled scans to pair")
         train_set: PairDataset | ScanDataset = PairDataset(
-            pairs,
-            config.num_classes,
-            max_shift=config.max_shift if config.augment else 0,
-            seed=config.seed,
+            pairs, config.num_classes, max_shift=shift, seed=config.seed
         )
     else:
         train_set = ScanDataset(
-            data.items["train"],
-            config.num_classes,
-            max_shift=config.max_shift if config.augment else 0,
-            seed=config.seed,
+            data.items["train"], config.num_classes, max_shift=shift, seed=config.seed
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     pair_loss = PairLoss(lambda_=config.lambda_, margin=config.margin)
     ce = torch.nn.CrossEntropyLoss()
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = _amp_dtype(dev, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    spec = _model_spec(config)
+    last = out / "last.pt"
 
-    start_epoch, best_auc = 0, -1.0
-    if resume:
+    start_epoch, start_step, best_auc = 0, 0, -1.0
+    totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
+    if resume and last.exists():
         state = load_checkpoint(last)
+        _check_resumable(state, spec, last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_auc = int(state["epoch"]) + 1, float(state["best_auc"])
-    log_path = out / "log.csv"
-    if not log_path.exists():
-        with log_path.open("w", newline="") as fh:
-            csv.writer(fh, lineterminator="\n").writerow(LOG_COLUMNS)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
+        best_auc = float(state["best_auc"])
+        totals = {k: float(v) for k, v in state["totals"].items()}
+    log = TrainLog(out, enabled=procs.main)
 
-    spec = _model_spec(config)
+    def checkpoint(next_epoch: int, next_step: int) -> None:
+        save_checkpoint(
+            last,
+            {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_spec": spec,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "next_epoch": next_epoch,
+                "next_step": next_step,
+                "totals": dict(totals),
+                "best_auc": best_auc,
+                "config": config.to_dict(),
+            },
+        )
+
+    if procs.main and progress and procs.distributed:
+        print(
+            f"{procs.world} processes × batch {config.batch_size} = "
+            f"global batch {procs.world * config.batch_size}"
+        )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: resumable per epoch
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch)
         model.train()
         train_set.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        try:
+            batches = epoch_batches(
+                len(train_set),
+                config.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                world=procs.world,
+                rank=procs.rank,
+            )
+        except ValueError as exc:
+            raise AidnetError(f"{manifest}: {exc}") from None
+        first = start_step if epoch == start_epoch else 0
+        if first == 0:
+            totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
         loader = DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=config.num_workers,
-            drop_last=len(train_set) > config.batch_size,
+            train_set, batch_sampler=batches[first:], num_workers=config.num_workers
         )
-        totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
-        steps = 0
         bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress
+            loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            total=len(batches),
+            initial=first,
+            leave=False,
+            disable=not (progress and procs.main),
         )
-        for batch in bar:
+        saved_at = time.monotonic()
+        for step, batch in enumerate(bar, start=first):
+            torch.manual_seed(step_seed(config.seed, epoch, step, procs.rank))
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=dev.type, enabled=use_amp):
+            with torch.autocast(
+                device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype is not None
+            ):
                 if siamese:
-                    x1, x2, y1, y2 = (t.to(dev) for t in batch)
-                    o1, o2 = model(x1, x2)
-                    loss, parts = pair_loss(o1.logits, o2.logits, y1, y2)
+                    x1, x2, y1, y2 = (t.to(dev, non_blocking=True) for t in batch)
+                    o1, o2 = net(x1, x2)
+                    loss, parts = pair_loss(o1.logits.float(), o2.logits.float(), y1, y2)
                 else:
-                    x, y, _ = (t.to(dev) for t in batch)
-                    loss = ce(model.forward_single(x).logits, y)
+                    x, y, _ = (t.to(dev, non_blocking=True) for t in batch)
+                    loss = ce(net(x)[0].logits.float(), y)
                     parts = {"ce": float(loss.detach()), "contrastive": 0.0}
             if not bool(torch.isfinite(loss.detach())):
                 raise AidnetError(
@@ -254,46 +340,51 @@ def train(
             totals["loss"] += float(loss.detach())
             totals["ce"] += float(parts.get("ce", 0.0))
             totals["contrastive"] += float(parts.get("contrastive", 0.0))
-            steps += 1
-            bar.set_postfix(loss=f"{totals['loss'] / steps:.3f}")
+            done = step + 1
+            bar.set_postfix(loss=f"{totals['loss'] / done:.3f}")
+            log.step(epoch * len(batches) + step, float(loss.detach()))
+            due = (
+                config.checkpoint_steps > 0 and done % config.checkpoint_steps == 0
+            ) or time.monotonic() - saved_at > 60 * config.checkpoint_minutes
+            if due and done < len(batches):
+                if procs.main:
+                    checkpoint(epoch, done)
+                saved_at = time.monotonic()
         bar.close()
-        val_auc, val_acc = validation_scores(model, data.items["val"], config, dev)
-        score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
-        improved = score > best_auc
-        if improved:
-            best_auc = score
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if improved:
-            save_checkpoint(
-                out / "best.pt",
-                {
-                    "model": weights,
-                    "model_spec": spec,
-                    "epoch": epoch,
-                    "val_auc": val_auc,
-                    "config": config.to_dict(),
-                },
-            )
-        save_checkpoint(
-            last,
-            {
-                "model": weights,
-                "model_spec": spec,
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_auc": best_auc,
-                "config": config.to_dict(),
-            },
-        )
-        row = [epoch + 1] + [
-            round(totals[k] / max(steps, 1), 5) for k in ("loss", "ce", "contrastive")
-        ]
-        row += [round(val_auc, 4), round(val_acc, 4), round(time.perf_counter() - t0, 1)]
-        with log_path.open("a", newline="") as fh:
-            csv.writer(fh, lineterminator="\n").writerow(row)
-        if progress:
-            print(
-                f"epoch {epoch + 1}/{config.epochs}: loss {row[1]:.3f}  val AUC {val_auc:.3f}"
-                f"  val acc {val_acc:.3f}  ({row[-1]} s)" + ("  *best*" if improved else "")
-            )
+        steps = max(len(batches), 1)
+        improved, val_auc, val_acc = False, float("nan"), float("nan")
+        if procs.main:
+            val_auc, val_acc = validation_scores(model, data.items["val"], config, dev)
+            score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
+            improved = score > best_auc
+            if improved:
+                best_auc = score
+                save_checkpoint(
+                    out / "best.pt",
+                    {
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "model_spec": spec,
+                        "epoch": epoch,
+                        "val_auc": val_auc,
+                        "config": config.to_dict(),
+                    },
+                )
+            checkpoint(epoch + 1, 0)
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: totals[k] / steps for k in ("loss", "ce", "contrastive")},
+                "val_auc": val_auc,
+                "val_accuracy": val_acc,
+                "seconds": time.perf_counter() - t0,
+            }
+            log.epoch(row)
+            if progress:
+                print(
+                    f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}  "
+                    f"val AUC {val_auc:.3f}  val acc {val_acc:.3f}  ({row['seconds']:.1f} s)"
+                    + ("  *best*" if improved else "")
+                )
+        procs.barrier()
+    log.close()
     return out / "best.pt"

@@ -1,0 +1,51 @@
+"""Training logs: ``log.csv`` (one row per epoch) and TensorBoard event files, process 0 only."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+LOG_COLUMNS = ["epoch", "lr", "loss", "ce", "contrastive", "val_auc", "val_accuracy", "seconds"]
+
+
+class TrainLog:
+    """Appends to ``RUN/log.csv`` and ``RUN/tensorboard/`` (``tensorboard --logdir RUN``)."""
+
+    def __init__(self, out: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.csv_path = out / "log.csv"
+        self.writer: Any = None
+        if not enabled:
+            return
+        if not self.csv_path.exists():
+            with self.csv_path.open("w", newline="") as fh:
+                csv.writer(fh, lineterminator="\n").writerow(LOG_COLUMNS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def step(self, global_step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss_step", loss, global_step)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.csv_path.open("a", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow(
+                [row["epoch"]] + [_round(row[k]) for k in LOG_COLUMNS[1:]]
+            )
+        for key in ("loss", "ce", "contrastive", "lr"):
+            self.writer.add_scalar(f"train/{key}", row[key], row["epoch"])
+        for key in ("val_auc", "val_accuracy"):
+            self.writer.add_scalar(f"val/{key[4:]}", row[key], row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
