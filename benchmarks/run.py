@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
+from benchmarks.models import bench_models
 from benchmarks.preprocess import bench_preprocess
 
 
@@ -62,6 +63,7 @@ BENCHES = {
     "phantom": bench_phantom,
     "agatston": bench_agatston,
     "preprocess": bench_preprocess,
+    "models": bench_models,
     "cohort_workers": bench_cohort_workers,
     "cohort_resume": lambda repeats: bench_cohort_resume(),
 }

@@ -30,7 +30,7 @@ def one_line_error(result, *fragments):
 def test_help_lists_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("phantom", "agatston", "train", "evaluate", "explain", "demo"):
+    for command in ("phantom", "agatston", "train", "predict", "evaluate", "explain", "demo"):
         assert command in result.output
 
 

@@ -175,10 +175,15 @@ def train(
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, logs, split)."),
     preset: str = typer.Option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
-    model: str | None = typer.Option(None, "--model", help="aidnet or idnet."),
+    model: str | None = typer.Option(
+        None, "--model", help="aidnet, idnet, resnet101 or densenet121."
+    ),
     strategy: int | None = typer.Option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
     lambda_: float | None = typer.Option(None, "--lambda", help="Contrastive loss weight."),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
+    ),
     seed: int | None = typer.Option(None, "--seed"),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
     workers: int = typer.Option(1, "--workers", min=1, help="Preprocessing processes."),
@@ -189,13 +194,52 @@ def train(
     from aidnet.config import load_config
     from aidnet.training.loop import train as run_training
 
+    if resume:
+        _check_resume_flags(
+            out,
+            {
+                "--model": ("model", model),
+                "--strategy": ("strategy", strategy),
+                "--lambda": ("lambda_", lambda_),
+                "--batch-size": ("batch_size", batch_size),
+                "--seed": ("seed", seed),
+            },
+            epochs,
+        )
     config = load_config(
-        preset, model=model, strategy=strategy, lambda_=lambda_, epochs=epochs, seed=seed
+        preset,
+        model=model,
+        strategy=strategy,
+        lambda_=lambda_,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
     )
     best = run_training(
         config, manifest, out, resume=resume, cache_dir=cache, workers=workers, device=device
     )
     typer.echo(f"best checkpoint: {best}")
+
+
+def _check_resume_flags(out: Path, flags: dict[str, tuple[str, Any]], epochs: int | None) -> None:
+    """A resumed run keeps its saved configuration: a flag that contradicts it is an error;
+    ``--epochs`` extends (or shortens) the run and is written to its config.yaml."""
+    import dataclasses
+
+    from aidnet.config import read_saved_config, save_config
+
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    saved = read_saved_config(path)
+    for flag, (field, value) in flags.items():
+        if value is not None and getattr(saved, field) != value:
+            raise AidnetError(
+                f"{out}: this run was started with {flag} {getattr(saved, field)}, not {value}; "
+                f"drop {flag} to resume it, or start a new run in another --out"
+            )
+    if epochs is not None and epochs != saved.epochs:
+        save_config(dataclasses.replace(saved, epochs=epochs), path)
 
 
 @app.command()
@@ -215,6 +259,29 @@ def evaluate(
     metrics = evaluate_run(checkpoint, manifest, out, split=split, cache_dir=cache)
     typer.echo(_metrics_line(metrics))
     typer.echo(f"wrote {out / 'predictions.csv'} and {out / 'metrics.json'}")
+
+
+@app.command()
+@friendly
+def predict(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    scan: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
+    rescan: Path | None = typer.Argument(None, help="Optional rescan of the same person."),
+    out: Path = typer.Option(..., "--out", help="Folder for prediction.json."),
+) -> None:
+    """P(CAC) and Agatston class of one scan, or of a scan-rescan pair (averaged)."""
+    from aidnet.pipeline.predict import predict_scans
+
+    result = predict_scans(checkpoint, [scan] if rescan is None else [scan, rescan], out)
+    line = (
+        f"P(CAC) = {result['p_cac']:.3f}, predicted class {result['predicted_label']} "
+        f"({result['model']})"
+    )
+    if result["disagreement"]:
+        classes = ", ".join(s["predicted_label"] for s in result["scans"])
+        line += f"; note: scan and rescan disagree ({classes})"
+    typer.echo(line)
+    typer.echo(f"wrote {out / 'prediction.json'}")
 
 
 @app.command()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from aidnet.atomic import write_text_atomic
 from aidnet.data.manifest import ScanRecord
 from aidnet.errors import AidnetError
 
@@ -44,11 +46,16 @@ def split_subjects(
 
 
 def write_splits(path: Path, assignment: dict[str, str]) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["subject", "split"])
-        for subject in sorted(assignment):
-            writer.writerow([subject, assignment[subject]])
+    """``subject,split`` rows, written atomically."""
+    rows = ["subject,split"] + [f"{_cell(s)},{assignment[s]}" for s in sorted(assignment)]
+    write_text_atomic(path, "\n".join(rows) + "\n")
+
+
+def _cell(value: str) -> str:
+    """One CSV cell (quoted when it holds a comma, quote or line break)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([value])
+    return buffer.getvalue()
 
 
 def read_splits(path: Path) -> dict[str, str]:

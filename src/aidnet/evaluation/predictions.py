@@ -5,12 +5,29 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from aidnet.atomic import atomic_path
 
 COLUMNS = ["subject", "visit", "p_cac", "p_class0", "p_class1", "p_class2", "predicted", "label"]
+
+
+def class_columns(probs: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """``p_cac``, ``p_class0..2`` (0 where the model has 2 classes) and the argmax class of one
+    scan's class probabilities (P(CAC) = P(1) + P(2) for 3 classes, paper's strategy 2)."""
+    values = [float(v) for v in probs]
+    padded = values + [0.0] * (3 - len(values))
+    return {
+        "p_cac": float(sum(values[1:])),
+        "p_class0": padded[0],
+        "p_class1": padded[1],
+        "p_class2": padded[2],
+        "predicted": int(np.argmax(values)),
+    }
 
 
 def _atomic_text(path: Path, write) -> None:

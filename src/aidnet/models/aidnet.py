@@ -15,14 +15,20 @@ from aidnet.models.encoder import Encoder3d
 class SingleOutput:
     """What one path of a model returns for one batch of scans.
 
-    ``logits`` is B×C; ``features`` the last feature map before global average pooling, still in
-    the autograd graph (the Grad-CAM target, §2.3); ``attention`` the B×1×Z'×Y'×X' soft
-    attention map on the gated stage's grid, or None for networks without a SAG.
+    ``logits`` is B×C; ``features`` the last feature map before global average pooling (from
+    ``forward_single`` it is the tensor the logits were computed from, the Grad-CAM target of
+    §2.3; from the pair ``forward`` it is a row slice of the joint batch); ``attention`` the
+    B×1×Z'×Y'×X' soft attention map on the gated stage's grid, or None without a SAG.
     """
 
     logits: Tensor
     features: Tensor
     attention: Tensor | None
+
+
+def _rows(out: SingleOutput, rows: slice) -> SingleOutput:
+    attention = None if out.attention is None else out.attention[rows]
+    return SingleOutput(out.logits[rows], out.features[rows], attention)
 
 
 class AIDNet(nn.Module):
@@ -32,8 +38,9 @@ class AIDNet(nn.Module):
     weight. Head of one path: the last stage map is the gate ``g`` and is global-average-pooled;
     with attention, a :class:`SoftAttentionGate3d` filters the second-to-last (higher-resolution)
     stage map with ``g``, the gated map is global-average-pooled and concatenated with the GAP
-    of the last map, then dropout and the final Linear give the logits. Without attention only
-    the GAP of the last map feeds the Linear.
+    of the last map, then dropout (the network's only dropout: channel dropout in the encoder
+    stopped it from learning on our phantom) and the final Linear give the logits. Without
+    attention only the GAP of the last map feeds the Linear.
     """
 
     siamese: bool = True
@@ -52,7 +59,7 @@ class AIDNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.features = features
-        self.encoder = Encoder3d(in_channels, features, dropout=dropout)
+        self.encoder = Encoder3d(in_channels, features)
         self.gate: SoftAttentionGate3d | None = None
         head_in = features[-1]
         if attention:
@@ -82,5 +89,14 @@ class AIDNet(nn.Module):
     def forward(
         self, x1: Tensor, x2: Tensor | None = None
     ) -> tuple[SingleOutput, SingleOutput | None]:
-        """Scan and (optional) rescan through the same encoder and head."""
-        return self.forward_single(x1), (None if x2 is None else self.forward_single(x2))
+        """Scan and (optional) rescan through the same encoder and head.
+
+        Both go through in ONE batch (scans first, then rescans): the weights are shared by
+        construction, and the batch normalisation sees every scan of the step (with the paper's
+        batch of 2 pairs, 4 scans rather than 2, which trains markedly better).
+        """
+        if x2 is None:
+            return self.forward_single(x1), None
+        both = self.forward_single(torch.cat([x1, x2]))
+        n = x1.shape[0]
+        return _rows(both, slice(0, n)), _rows(both, slice(n, None))

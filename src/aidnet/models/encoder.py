@@ -21,7 +21,6 @@ class Encoder3d(nn.Module):
         self,
         in_channels: int = 2,
         features: tuple[int, ...] = (16, 32, 64, 128),
-        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -30,7 +29,7 @@ class Encoder3d(nn.Module):
         self.stages = nn.ModuleList()
         previous = in_channels
         for width in self.features:
-            self.stages.append(ConvBlock3d(previous, width, dropout=dropout))
+            self.stages.append(ConvBlock3d(previous, width))
             previous = width
         self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
 

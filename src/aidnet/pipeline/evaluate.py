@@ -22,7 +22,11 @@ def evaluate_run(
     """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics."""
     from aidnet.evaluation.metrics import binary_metrics, multiclass_confusion
     from aidnet.evaluation.plots import plot_confusion, plot_roc
-    from aidnet.evaluation.predictions import write_metrics_json, write_predictions_csv
+    from aidnet.evaluation.predictions import (
+        class_columns,
+        write_metrics_json,
+        write_predictions_csv,
+    )
     from aidnet.training.loop import predict_items
 
     trained = load_trained(checkpoint)
@@ -35,16 +39,11 @@ def evaluate_run(
         label = item.record.label
         if label is not None and trained.num_classes == 2:
             label = int(label > 0)
-        padded = list(p) + [0.0] * (3 - len(p))
         rows.append(
             {
                 "subject": item.record.subject,
                 "visit": item.record.visit,
-                "p_cac": float(p[1:].sum()),
-                "p_class0": float(padded[0]),
-                "p_class1": float(padded[1]),
-                "p_class2": float(padded[2]),
-                "predicted": int(np.argmax(p)),
+                **class_columns(p),
                 "label": "" if label is None else int(label),
                 **item.record.extras,
             }

@@ -213,6 +213,8 @@ def train(
         ).to(dev)
         net: Any = model
         if procs.distributed:
+            if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             net = DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
@@ -230,6 +232,9 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
 
     siamese = bool(getattr(model, "siamese", False))
     shift = config.max_shift if config.augment else 0
+    # a step sees the same number of scans for every model: batch_size pairs, or twice as
+    # many single scans for the baselines
+    scans_per_pair = 1 if siamese else 2
     if siamese:
         pairs = make_pairs(data.items["train"])
         if not pairs:
@@ -283,6 +288,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         print(
             f"{procs.world} processes × batch {config.batch_size} = "
             f"global batch {procs.world * config.batch_size}"
+            + ("" if siamese else " (pairs' worth of single scans)")
         )
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -293,7 +299,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         try:
             batches = epoch_batches(
                 len(train_set),
-                config.batch_size,
+                scans_per_pair * config.batch_size,
                 seed=config.seed,
                 epoch=epoch,
                 world=procs.world,

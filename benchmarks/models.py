@@ -1,0 +1,138 @@
+"""The networks at the paper's input size (2 × 64 × 128 × 192): training and inference cost.
+
+For AID-Net (paper features 32-64-128-256), ResNet-101 and DenseNet-121 (MONAI), each in a
+fresh spawned process (so peak memory is that model's alone), on this machine's CPU threads:
+
+- one training step for one pair: forward and backward of both scans and the Adam step (for the
+  Siamese AID-Net, the pair through the shared encoder with the pair loss; for the single-scan
+  baselines, the two scans as a batch of two with cross-entropy);
+- inference of one scan (evaluation mode, no gradients);
+- the peak resident memory of the process while doing both (VmHWM, Linux).
+
+Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
+way. With a CUDA device, also pairs per second for AID-Net with mixed precision.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.preprocess import _status_mib
+
+PAPER_SIZE = (64, 128, 192)
+MODELS = ("aidnet", "resnet101", "densenet121")
+PAPER_FEATURES = (32, 64, 128, 256)
+
+
+def _step_functions(name: str, device: str = "cpu", amp: bool = False):
+    import torch
+
+    from aidnet.losses import PairLoss
+    from aidnet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, features=PAPER_FEATURES, dropout=0.2).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scan = torch.rand(1, 2, *PAPER_SIZE, device=device)
+    rescan = torch.rand(1, 2, *PAPER_SIZE, device=device)
+    labels = torch.tensor([2], device=device)
+    pair_loss = PairLoss(0.001)
+    dtype = torch.bfloat16 if amp else None
+
+    def train_pair() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
+            if model.siamese:
+                o1, o2 = model(scan, rescan)
+                loss, _ = pair_loss(o1.logits.float(), o2.logits.float(), labels, labels)
+            else:
+                out = model.forward_single(torch.cat([scan, rescan]))
+                loss = torch.nn.functional.cross_entropy(out.logits.float(), labels.repeat(2))
+        loss.backward()
+        optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def infer_scan() -> None:
+        model.eval()
+        model.forward_single(scan)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return train_pair, infer_scan, sum(p.numel() for p in model.parameters())
+
+
+def _median_runs(fn, repeats: int) -> dict:
+    fn()  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return {"median": statistics.median(runs), "runs": runs}
+
+
+def _child(name: str, repeats: int, queue) -> None:
+    import torch
+
+    train_pair, infer_scan, parameters = _step_functions(name)
+    Path("/proc/self/clear_refs").write_text("5")  # peak := now (model and inputs built)
+    before = _status_mib("VmRSS")
+    result = {
+        "parameters": parameters,
+        "threads": torch.get_num_threads(),
+        "train_pair_s": _median_runs(train_pair, repeats),
+        "infer_scan_s": _median_runs(infer_scan, repeats),
+    }
+    peak = _status_mib("VmHWM")
+    result["peak_rss_mib"] = peak
+    result["peak_increment_mib"] = peak - before
+    queue.put(result)
+
+
+def _in_child(name: str, repeats: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(name, repeats, queue))
+    child.start()
+    result = queue.get(timeout=3600)
+    child.join()
+    return result
+
+
+def _gpu_pairs_per_second(repeats: int) -> dict | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    out = {"device": torch.cuda.get_device_name(0)}
+    for amp in (False, True):
+        train_pair, _, _ = _step_functions("aidnet", "cuda", amp=amp)
+        timing = _median_runs(train_pair, repeats)
+        out["bf16" if amp else "fp32"] = {**timing, "pairs_per_s": 1.0 / timing["median"]}
+    return out
+
+
+def bench_models(repeats: int) -> dict:
+    repeats = max(repeats, 5)
+    results = {name: _in_child(name, repeats) for name in MODELS}
+    reference = results["resnet101"]
+    for result in results.values():
+        result["train_ratio_to_resnet101"] = (
+            result["train_pair_s"]["median"] / reference["train_pair_s"]["median"]
+        )
+        result["infer_ratio_to_resnet101"] = (
+            result["infer_scan_s"]["median"] / reference["infer_scan_s"]["median"]
+        )
+    return {
+        "input_size": list(PAPER_SIZE),
+        "aidnet_features": list(PAPER_FEATURES),
+        "models": results,
+        "gpu_aidnet": _gpu_pairs_per_second(repeats),
+        "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
+    }

@@ -1,0 +1,91 @@
+"""``aidnet predict``: raw CT file(s) in, ``prediction.json`` out.
+
+One scan goes through one path of the network (both paths share their weights); with a rescan,
+both go through and their class probabilities are averaged, and a disagreement between the two
+scans' predicted classes is flagged (in a scan–rescan pair the calcium should not change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aidnet.errors import AidnetError
+from aidnet.pipeline.common import Trained, load_trained
+
+CLASS_NAMES = {2: ["no CAC", "CAC"], 3: ["0", "1-399", ">=400"]}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def scan_probabilities(trained: Trained, path: Path) -> np.ndarray:
+    """Read, preprocess and classify one scan: its class probabilities."""
+    from aidnet.evaluation.metrics import class_probs
+    from aidnet.io.read import read_volume
+    from aidnet.preprocess import PreprocessConfig, preprocess_volume
+
+    volume = read_volume(path)
+    try:
+        sample = preprocess_volume(volume, PreprocessConfig(size=trained.input_size))
+    except AidnetError as exc:
+        if str(path) in str(exc):
+            raise
+        raise AidnetError(f"{path}: {exc}") from None
+    with torch.no_grad():
+        logits = trained.model.forward_single(torch.from_numpy(sample.image)[None]).logits
+    return class_probs(logits)[0].numpy().astype(np.float64)
+
+
+def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, Any]:
+    """Predict one scan or a scan–rescan pair and write ``out/prediction.json``."""
+    from aidnet.evaluation.predictions import class_columns, write_metrics_json
+
+    if not 1 <= len(scans) <= 2:
+        raise AidnetError("give one scan, or a scan and its rescan")
+    trained = load_trained(checkpoint)
+    for scan in scans:
+        if not scan.exists():
+            raise AidnetError(f"{scan}: file not found")
+    probs = [scan_probabilities(trained, scan) for scan in scans]
+    names = CLASS_NAMES[trained.num_classes]
+    per_scan = []
+    for scan, p in zip(scans, probs, strict=True):
+        columns = class_columns(p)
+        per_scan.append(
+            {
+                "input": str(scan),
+                "p_cac": columns["p_cac"],
+                "class_probabilities": dict(zip(names, p.tolist(), strict=True)),
+                "predicted_class": columns["predicted"],
+                "predicted_label": names[columns["predicted"]],
+            }
+        )
+    mean = np.mean(probs, axis=0)
+    combined = class_columns(mean)
+    result: dict[str, Any] = {
+        "p_cac": combined["p_cac"],
+        "class_probabilities": dict(zip(names, mean.tolist(), strict=True)),
+        "predicted_class": combined["predicted"],
+        "predicted_label": names[combined["predicted"]],
+        "cac": bool(combined["p_cac"] >= 0.5),
+        "threshold": 0.5,
+        "scans": per_scan,
+        "disagreement": len({s["predicted_class"] for s in per_scan}) > 1,
+        "model": trained.spec["name"],
+        "strategy": 1 if trained.num_classes == 2 else 2,
+        "checkpoint": str(trained.path),
+        "checkpoint_sha256": file_sha256(trained.path),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics_json(out / "prediction.json", result)
+    return result

@@ -1,0 +1,323 @@
+"""Training runs a researcher can trust: batch order, exact resume mid-epoch, several
+processes through torchrun (gloo on CPU), checkpoint errors, TensorBoard, prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import aidnet.training.loop as loop
+from aidnet.cli import app
+from aidnet.config import load_config
+from aidnet.errors import AidnetError
+from aidnet.phantom import make_cohort
+from aidnet.training.batches import epoch_batches
+from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
+from aidnet.training.loop import train
+
+TINY = {"val_fraction": 0.25, "test_fraction": 0.25}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort")
+    return make_cohort(out, subjects=16, seed=9, size="small", dicom_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def cache(cohort, tmp_path_factory):
+    """One preprocessed cache for every run of this module (training reads it)."""
+    from aidnet.data.cache import preprocess_cohort
+    from aidnet.data.manifest import read_manifest
+
+    folder = tmp_path_factory.mktemp("cache")
+    preprocess_cohort(read_manifest(cohort), folder, load_config("tiny").input_size, progress=False)
+    return folder
+
+
+def weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / name)["model"]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if not a[key].is_floating_point() or atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert torch.allclose(a[key], b[key], atol=atol, rtol=0), key
+
+
+def test_batches_are_one_global_order_cut_between_processes():
+    one = epoch_batches(11, 2, seed=3, epoch=4)
+    assert len(one) == 5 and all(len(b) == 2 for b in one)  # the odd item out is dropped
+    assert len({i for b in one for i in b}) == 10
+    ranks = [epoch_batches(11, 1, seed=3, epoch=4, world=2, rank=r) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == one
+    assert epoch_batches(11, 2, seed=3, epoch=5) != one  # a new order every epoch
+    assert epoch_batches(1, 2, seed=0, epoch=0) == [[0]]  # fewer items than a batch: keep them
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        epoch_batches(3, 2, seed=0, epoch=0, world=2, rank=1)
+
+
+def test_same_seed_same_weights(cohort, cache, tmp_path):
+    config = load_config("tiny", epochs=1, **TINY)
+    for name in ("a", "b"):
+        train(config, cohort, tmp_path / name, cache_dir=cache, progress=False)
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
+def test_killed_mid_epoch_resume_gives_the_same_weights(cohort, cache, tmp_path, monkeypatch):
+    config = load_config("tiny", epochs=2, checkpoint_steps=1, dropout=0.2, **TINY)
+    train(config, cohort, tmp_path / "straight", cache_dir=cache, progress=False)
+
+    saves = []
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["next_epoch"] == 1 and state["next_step"] == 2:
+            saves.append(state["next_step"])
+            raise KeyboardInterrupt  # the process dies right after this checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, cohort, tmp_path / "killed", cache_dir=cache, progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert saves == [2]
+    state = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (state["next_epoch"], state["next_step"]) == (1, 2)  # half-way through epoch 2
+    train(config, cohort, tmp_path / "killed", cache_dir=cache, resume=True, progress=False)
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"))
+    log = (tmp_path / "killed" / "log.csv").read_text().splitlines()
+    assert log == (tmp_path / "straight" / "log.csv").read_text().splitlines()[:1] + log[1:]
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
+
+
+def test_tensorboard_and_csv_logs(cohort, cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(load_config("tiny", epochs=2, **TINY), cohort, run, cache_dir=cache, progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/contrastive", "val/auc", "train/loss_step"):
+        assert tag in tags, tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    header = (run / "log.csv").read_text().splitlines()[0]
+    assert header == "epoch,lr,loss,ce,contrastive,val_auc,val_accuracy,seconds"
+
+
+@pytest.mark.parametrize("name", ["densenet121"])
+def test_a_baseline_trains_on_single_scans(cohort, tmp_path, name):
+    config = load_config("tiny", model=name, epochs=1, input_size=(32, 32, 32), **TINY)
+    best = train(config, cohort, tmp_path / "run", progress=False)
+    assert load_checkpoint(best)["model_spec"]["name"] == name
+
+
+def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path):
+    config = load_config("tiny", epochs=1, **TINY)
+    train(config, cohort, tmp_path / "a", cache_dir=cache, progress=False)
+    idnet = load_config("tiny", model="idnet", epochs=1, **TINY)
+    train(idnet, cohort, tmp_path / "b", cache_dir=cache, progress=False)
+    (tmp_path / "a" / "last.pt").write_bytes((tmp_path / "b" / "last.pt").read_bytes())
+    with pytest.raises(AidnetError, match=r"last\.pt: checkpoint of model 'idnet'.*'aidnet'"):
+        train(config, cohort, tmp_path / "a", cache_dir=cache, resume=True, progress=False)
+
+
+def test_resume_with_a_different_model_flag_is_one_line(cohort, cache, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
+    result = CliRunner().invoke(
+        app,
+        ["train", "--manifest", str(cohort), "--out", str(run), "--preset", "tiny"]
+        + ["--model", "idnet", "--resume", "--cache", str(cache)],
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "model" in lines[0] and "idnet" in lines[0], result.output
+
+
+def emulate_two_processes(config, cohort, cache, out) -> dict[str, torch.Tensor]:
+    """What DDP does with 2 processes × batch 1 and per-process BatchNorm, in one process:
+    per step, the mean of both processes' gradients; the BatchNorm buffers are process 0's
+    (DDP broadcasts them from process 0 before every forward)."""
+    from aidnet.data.datasets import PairDataset, make_pairs
+    from aidnet.losses import PairLoss
+    from aidnet.models import build_model
+    from aidnet.training.batches import step_seed
+
+    data = loop.prepare_data(config, cohort, out, cache_dir=cache, progress=False)
+    dataset = PairDataset(
+        make_pairs(data.items["train"]),
+        config.num_classes,
+        max_shift=config.max_shift,
+        seed=config.seed,
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=config.num_classes, features=config.features)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = PairLoss(config.lambda_, config.margin)
+    for epoch in range(config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = loop.learning_rate(config, epoch)
+        model.train()
+        dataset.set_epoch(epoch)
+        ranks = [
+            epoch_batches(len(dataset), 1, seed=config.seed, epoch=epoch, world=2, rank=r)
+            for r in (0, 1)
+        ]
+        for step, (batch0, batch1) in enumerate(zip(*ranks, strict=True)):
+            optimizer.zero_grad()
+            buffers = {k: v.clone() for k, v in model.named_buffers()}
+            for rank, batch in ((1, batch1), (0, batch0)):  # process 0's buffers last
+                if rank == 0:
+                    for name, value in model.named_buffers():
+                        value.copy_(buffers[name])
+                x1, x2, y1, y2 = dataset[batch[0]]
+                torch.manual_seed(step_seed(config.seed, epoch, step, rank))
+                o1, o2 = model(x1[None], x2[None])
+                loss, _ = loss_fn(o1.logits, o2.logits, torch.tensor([y1]), torch.tensor([y2]))
+                (loss / 2).backward()
+            optimizer.step()
+    return model.state_dict()
+
+
+def test_torchrun_two_cpu_processes(cohort, cache, tmp_path):
+    """DDP with gloo: 2 processes × batch 1, checked against what DDP must compute."""
+    yaml_path = tmp_path / "tiny.yaml"
+    yaml_path.write_text(
+        (Path(__file__).parents[1] / "src/aidnet/presets/tiny.yaml").read_text()
+        + "val_fraction: 0.25\ntest_fraction: 0.25\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "aidnet.cli", "train", "--manifest", str(cohort)]
+    command += ["--preset", str(yaml_path), "--batch-size", "1", "--cache", str(cache)]
+    command += ["--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 processes × batch 1 = global batch 2" in done.stdout
+    assert done.stdout.count("epoch 2/2:") == 1  # process 0 reports, the other is quiet
+    config = load_config(str(yaml_path), batch_size=1)
+    expected = emulate_two_processes(config, cohort, cache, tmp_path / "emulated")
+    assert (tmp_path / "two" / "splits.csv").read_text() == (
+        tmp_path / "emulated" / "splits.csv"
+    ).read_text()
+    assert_same_weights(weights(tmp_path / "two"), expected, atol=1e-5)
+
+
+def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
+    from aidnet.data.manifest import read_manifest
+
+    run = tmp_path / "run"
+    train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
+    records = read_manifest(cohort)
+    scan, rescan = records[0], records[1]
+    assert scan.subject == rescan.subject
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(run), str(scan.path), "--out", str(tmp_path / "one")]
+    )
+    assert result.exit_code == 0, result.output
+    one = json.loads((tmp_path / "one" / "prediction.json").read_text())
+    assert set(one["class_probabilities"]) == {"0", "1-399", ">=400"}
+    assert sum(one["class_probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert one["p_cac"] == pytest.approx(
+        one["class_probabilities"]["1-399"] + one["class_probabilities"][">=400"], abs=1e-6
+    )
+    assert one["model"] == "aidnet" and len(one["checkpoint_sha256"]) == 64
+    assert one["disagreement"] is False and len(one["scans"]) == 1
+    args = ["predict", "--checkpoint", str(run / "best.pt"), str(scan.path), str(rescan.path)]
+    result = runner.invoke(app, args + ["--out", str(tmp_path / "pair")])
+    assert result.exit_code == 0, result.output
+    pair = json.loads((tmp_path / "pair" / "prediction.json").read_text())
+    p = [s["p_cac"] for s in pair["scans"]]
+    assert pair["p_cac"] == pytest.approx(sum(p) / 2, abs=1e-6)
+    assert pair["scans"][0]["p_cac"] == pytest.approx(one["p_cac"], abs=1e-6)
+    assert pair["disagreement"] == (
+        pair["scans"][0]["predicted_class"] != pair["scans"][1]["predicted_class"]
+    )
+
+
+def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
+    from aidnet.data.manifest import read_manifest
+
+    scan = str(read_manifest(cohort)[0].path)
+    run = tmp_path / "run"
+    train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
+    data = (run / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    state = load_checkpoint(run / "best.pt")
+    state["model_spec"] = {**state["model_spec"], "name": "idnet"}
+    save_checkpoint(tmp_path / "mismatch.pt", state)
+    cases = {
+        "cut.pt": "not a readable aidnet checkpoint",
+        "other.pt": "not an aidnet checkpoint",
+        "mismatch.pt": "weights do not fit model idnet",
+        "missing.pt": "checkpoint not found",
+    }
+    for name, message in cases.items():
+        out = tmp_path / f"out-{name}"
+        result = CliRunner().invoke(
+            app, ["predict", "--checkpoint", str(tmp_path / name), scan, "--out", str(out)]
+        )
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("aidnet: error: "), result.output
+        assert str(tmp_path / name) in lines[0] and message in lines[0], lines[0]
+        assert not out.exists()
+
+
+def test_predict_on_a_head_names_the_file(cohort, cache, tmp_path, head_ct):
+    from aidnet.io.nifti import write_nifti
+
+    run = tmp_path / "run"
+    train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
+    head = tmp_path / "head.nii.gz"
+    write_nifti(head_ct.array.astype("int16"), head_ct.affine, head)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["predict", "--checkpoint", str(run), str(head), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == f"aidnet: error: {head}: no lungs found" or (
+        result.output.startswith(f"aidnet: error: {head}: no lungs found")
+    ), result.output
+    assert not out.exists()
+
+
+def test_augmentation_shifts_but_never_mirrors(tmp_path):
+    """The heart is on the left: augmentation moves a scan by a few voxels, never flips it."""
+    import numpy as np
+
+    from aidnet.data.cache import save_cached
+    from aidnet.data.datasets import Item, PairDataset
+    from aidnet.data.manifest import ScanRecord
+
+    image = np.zeros((2, 8, 10, 12), np.float32)
+    image[1, 4, 5, 9] = 1.0  # a marker on the patient's left (high X)
+    items = []
+    for visit in ("scan", "rescan"):
+        path = tmp_path / f"{visit}.npz"
+        save_cached(path, image, {})
+        record = ScanRecord("s", visit, path, 0.0, {})
+        items.append(Item(record, path))
+    dataset = PairDataset([(items[0], items[1])], 3, max_shift=2, seed=0)
+    moves = set()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        for scan in dataset[0][:2]:
+            (z, y, x) = np.argwhere(scan[1].numpy() > 0)[0]
+            assert abs(z - 4) <= 2 and abs(y - 5) <= 2 and abs(x - 9) <= 2
+            moves.add((z - 4, y - 5, x - 9))
+    assert len(moves) > 10  # it does move
