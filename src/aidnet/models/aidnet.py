@@ -74,7 +74,7 @@ class AIDNet(nn.Module):
 
     def forward_single(self, x: Tensor) -> SingleOutput:
         """One batch of scans (B×in_channels×Z×Y×X) through the shared encoder and head."""
-        maps = self.encoder(x)
+        maps = self.encoder(x.contiguous(memory_format=torch.channels_last_3d))
         last = maps[-1]
         pooled = [last.mean(dim=(2, 3, 4))]
         attention_map = None

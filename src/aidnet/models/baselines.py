@@ -6,6 +6,7 @@ expose the same ``forward_single`` / ``forward`` API as :class:`~aidnet.models.A
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from aidnet.models.aidnet import SingleOutput
@@ -21,7 +22,7 @@ class _SingleScanModel(nn.Module):
 
     def forward_single(self, x: Tensor) -> SingleOutput:
         """One batch of scans through the network; ``features`` is the map before pooling."""
-        features = self._features(x)
+        features = self._features(x.contiguous(memory_format=torch.channels_last_3d))
         logits = self.classifier(self.dropout(features.mean(dim=(2, 3, 4))))
         return SingleOutput(logits=logits, features=features, attention=None)
 
