@@ -145,6 +145,10 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
         raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
 
 
+def _cpu_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def _amp_dtype(dev: torch.device, enabled: bool) -> torch.dtype | None:
     """bfloat16 where the GPU has it (no loss scaling needed), else float16; None on CPU."""
     if dev.type != "cuda" or not enabled:
@@ -272,7 +276,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         save_checkpoint(
             last,
             {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model": _cpu_weights(model),
                 "model_spec": spec,
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -368,7 +372,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 save_checkpoint(
                     out / "best.pt",
                     {
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "model": _cpu_weights(model),
                         "model_spec": spec,
                         "epoch": epoch,
                         "val_auc": val_auc,
