@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +67,125 @@ def test_overlay_png(tmp_path):
     save_overlay_png(ct, heat, (3.0, 0.8, 0.8), tmp_path / "o.png", title="x")
     data = (tmp_path / "o.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+
+
+class PlaqueNet(nn.Module):
+    """Stand-in for a trained network: its feature map (and attention) is a Gaussian bump
+    (σ = 1.5 network voxels) centred on a given point of the network grid, whatever the input."""
+
+    def __init__(self, size, centre):
+        super().__init__()
+        axes = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in size), indexing="ij")
+        d2 = sum((a - c) ** 2 for a, c in zip(axes, centre, strict=True))
+        bump = torch.from_numpy(np.exp(-d2 / (2 * 1.5**2))).float()
+        self.register_buffer("bump", bump[None, None])
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward_single(self, x):
+        features = (self.bump * self.gain).expand(x.shape[0], 2, *self.bump.shape[2:])
+        pooled = features.mean(dim=(2, 3, 4)).sum(1, keepdim=True)
+        logits = torch.cat([-pooled, pooled, pooled], dim=1)
+        return Out(logits, features, self.bump.expand(x.shape[0], 1, *self.bump.shape[2:]))
+
+
+def _ras_copy(record, folder):
+    """The scan re-saved in NIfTI's usual RAS+ voxel order (not aidnet's canonical one)."""
+    import nibabel as nib
+
+    from aidnet.io.nifti import write_nifti
+    from aidnet.io.read import read_volume
+
+    ct = read_volume(record.path)
+    tmp = write_nifti(ct.array, ct.affine, folder / "tmp.nii.gz")
+    ras = nib.as_closest_canonical(nib.load(tmp))
+    path = folder / f"{record.key}_ras.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(ras.dataobj), ras.affine), path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["dicom", "nifti_ras"])
+def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, layout):
+    """A DICOM series (and a RAS+ NIfTI) in, heat maps with the input's own shape and affine
+    out, and their peak on the phantom's coronary plaque, mapped back through CropGeometry."""
+    import csv
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    import aidnet.pipeline.explain as explain_module
+    from aidnet.data.cache import load_cached, preprocess_cohort
+    from aidnet.data.manifest import read_manifest
+    from aidnet.explain.localisation import nearest_distance_mm
+    from aidnet.io.read import read_volume
+    from aidnet.phantom import make_cohort
+    from aidnet.pipeline.common import Trained
+    from aidnet.pipeline.explain import explain_manifest
+    from aidnet.preprocess.geometry import CropGeometry
+
+    manifest = make_cohort(
+        tmp_path / "cohort", subjects=1, seed=3, dicom_fraction=1.0, class_mix=(0, 1, 0)
+    )
+    record = read_manifest(manifest)[0]
+    assert record.path.is_dir() and record.agatston > 0
+    if layout == "nifti_ras":
+        ras = _ras_copy(record, tmp_path)
+        text = manifest.read_text().replace(f"dicom/{record.key}", str(ras))
+        manifest.write_text(text)
+        record = read_manifest(manifest)[0]
+        assert record.path == ras
+    ct = read_volume(record.path)
+    labels = read_volume(manifest.parent / record.extras["label_path"]).array
+    coronary = labels == 1
+    # the target: the voxel of the largest coronary plaque closest to that plaque's centroid
+    components, n = ndimage.label(coronary)
+    largest = 1 + int(np.argmax(ndimage.sum(coronary, components, range(1, n + 1))))
+    voxels = np.argwhere(components == largest)
+    target = voxels[np.argmin(((voxels - voxels.mean(0)) ** 2).sum(1))]
+
+    size = (24, 48, 64)
+    cache = tmp_path / "cache"
+    done = preprocess_cohort([record], cache, size, progress=False).done
+    geometry = CropGeometry.from_dict(load_cached(done[record.key]).geometry)
+    centre = geometry.original_to_network_index(target)[0]
+    trained = Trained(
+        PlaqueNet(size, centre),
+        {"name": "stand-in", "num_classes": 3, "input_size": list(size)},
+        tmp_path / "stand-in.pt",
+        None,
+    )
+    monkeypatch.setattr(explain_module, "load_trained", lambda checkpoint: trained)
+    out = tmp_path / "maps"
+    written = explain_manifest(tmp_path / "stand-in.pt", manifest, out, cache_dir=cache, limit=1)
+    assert [w["key"] for w in written] == [record.key]
+
+    source, source_affine = ct.to_source(ct.array)
+    for name in ("gradcam", "attention"):
+        path = out / f"{record.key}_{name}.nii.gz"
+        raw = nib.load(path)  # the file itself: the input's own voxel order and affine
+        assert raw.shape == source.shape[::-1]
+        assert np.allclose(raw.affine, source_affine[:, [2, 1, 0, 3]], atol=1e-4)
+        if layout == "nifti_ras":
+            assert np.allclose(raw.affine, nib.load(record.path).affine, atol=1e-4)
+        heat = read_volume(path)
+        assert heat.shape == ct.shape and np.allclose(heat.affine, ct.affine, atol=1e-4)
+        assert heat.source == ct.source
+        assert heat.array.min() >= 0.0 and heat.array.max() <= 1.0
+        peak = np.unravel_index(int(np.argmax(heat.array)), heat.shape)
+        assert nearest_distance_mm(peak, coronary, ct.spacing) <= 5.0, name
+        # linear interpolation peaks on a sample: within half a network voxel plus half an
+        # original voxel of the target, along each axis
+        offset = np.abs(np.array(peak) - target)
+        assert np.all(offset <= 0.5 * (geometry.scale + 1) + 1e-6), (name, offset)
+        # the check can fail: a mapping that ignored the crop offset or flipped an axis would
+        # put the peak more than 5 mm from any coronary calcium
+        wrong = [np.array(peak) - geometry.crop_start.astype(int)]
+        for axis in range(3):
+            flipped = np.array(peak)
+            flipped[axis] = ct.shape[axis] - 1 - flipped[axis]
+            wrong.append(flipped)
+        for point in wrong:
+            assert nearest_distance_mm(point, coronary, ct.spacing) > 5.0, (name, point)
+    with (out / "localisation.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["map"]: r["hit"] for r in rows} == {"gradcam": "1", "attention": "1"}
+    assert all(r["subject"] == record.subject and r["visit"] == record.visit for r in rows)

@@ -28,8 +28,10 @@ def cac_score(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_probs[:, 1:], dim=1)
 
 
-def grad_cam(model: Any, x: torch.Tensor) -> np.ndarray:
-    """Grad-CAM of one scan (x: 1×2×Z×Y×X) on the input grid, float32 in [0, 1]."""
+def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Grad-CAM (``gradcam``) and, for a model with a soft attention gate, its map
+    (``attention``) of one scan (x: 1×2×Z×Y×X), both on the input grid in [0, 1], from ONE
+    forward pass. Parameters get no gradient and the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
@@ -39,22 +41,23 @@ def grad_cam(model: Any, x: torch.Tensor) -> np.ndarray:
             (grads,) = torch.autograd.grad(cac_score(out.logits).sum(), features)
         weights = grads.mean(dim=(2, 3, 4), keepdim=True)
         cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
-        cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+        size = tuple(x.shape[2:])
+        cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
+        maps = {"gradcam": _normalise(cam[0, 0])}
+        if out.attention is not None:
+            att = out.attention.detach().float()
+            att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)
+            maps["attention"] = att[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
     finally:
         model.train(was_training)
-    return _normalise(cam[0, 0])
+    return maps
 
 
-@torch.no_grad()
+def grad_cam(model: Any, x: torch.Tensor) -> np.ndarray:
+    """Grad-CAM of one scan (x: 1×2×Z×Y×X) on the input grid, float32 in [0, 1]."""
+    return network_maps(model, x)["gradcam"]
+
+
 def attention_map(model: Any, x: torch.Tensor) -> np.ndarray | None:
     """The soft attention gate's map on the input grid, in [0, 1]; None without a gate."""
-    was_training = model.training
-    model.eval()
-    try:
-        att = model.forward_single(x).attention
-    finally:
-        model.train(was_training)
-    if att is None:
-        return None
-    att = F.interpolate(att.float(), size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
-    return att[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+    return network_maps(model, x).get("attention")

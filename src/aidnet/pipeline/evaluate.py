@@ -18,8 +18,15 @@ def evaluate_run(
     split: str = "all",
     cache_dir: Path | None = None,
     n_boot: int = 1000,
+    localise: bool = True,
 ) -> dict:
-    """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics."""
+    """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics.
+
+    With ``localise`` and label maps in the manifest (``label_path``), the Grad-CAM and SAG
+    maps of every scan whose label map holds coronary calcium are scored (pointing game, mass
+    shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
+    ``metrics["localisation"][map]`` summaries.
+    """
     from aidnet.evaluation.metrics import binary_metrics, multiclass_confusion
     from aidnet.evaluation.plots import plot_confusion, plot_roc
     from aidnet.evaluation.predictions import (
@@ -27,12 +34,20 @@ def evaluate_run(
         write_metrics_json,
         write_predictions_csv,
     )
+    from aidnet.explain.localisation import write_localisation_csv
+    from aidnet.pipeline.explain import localisation_summary, localise_item
     from aidnet.training.loop import predict_items
 
     trained = load_trained(checkpoint)
     records = select_records(manifest, trained, split)
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
+    # localisation first: a label map that does not fit its scan stops before any output
+    loc_rows = (
+        [row for item in items for row in localise_item(trained, item, manifest.parent)]
+        if localise
+        else []
+    )
     probs = predict_items(trained.model, items, trained.num_classes, torch.device("cpu"))
     rows = []
     for item, p in zip(items, probs, strict=True):
@@ -83,6 +98,11 @@ def evaluate_run(
                 out / "confusion_3x3.png",
                 "Agatston class (3x3)",
             )
+    if loc_rows:
+        write_localisation_csv(out / "localisation.csv", loc_rows)
+        metrics["localisation"] = localisation_summary(loc_rows)
+    else:  # no stale scores from an earlier evaluation into the same folder
+        (out / "localisation.csv").unlink(missing_ok=True)
     write_metrics_json(out / "metrics.json", metrics)
     raise_if_failed(failures, "evaluated")
     return metrics

@@ -1,13 +1,19 @@
-"""``aidnet explain``: heat maps on each scan's own grid and affine, plus PNG overlays."""
+"""``aidnet explain``: heat maps on each scan's own grid and affine, plus PNG overlays.
+
+Also the one path from a cached scan to its heat maps on the original grid, and their
+localisation scores against a manifest's ``label_path`` annotations (used by ``evaluate``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from aidnet.data.cache import load_cached
+from aidnet.data.cache import CachedScan, load_cached
 from aidnet.data.datasets import Item
+from aidnet.data.manifest import ScanRecord
 from aidnet.pipeline.common import (
     Trained,
     cached_items,
@@ -15,34 +21,98 @@ from aidnet.pipeline.common import (
     raise_if_failed,
     select_records,
 )
+from aidnet.preprocess.geometry import CropGeometry
+
+LABEL_COLUMN = "label_path"
 
 
-def explain_item(trained: Trained, item: Item, out: Path) -> dict:
-    """Grad-CAM (and attention) of one scan → NIfTI on the original grid + a PNG overlay."""
-    from aidnet.explain.gradcam import attention_map, grad_cam
+def original_maps(trained: Trained, cached: CachedScan) -> dict[str, np.ndarray]:
+    """Grad-CAM (and the SAG attention map) of one cached scan, mapped back through its
+    :class:`CropGeometry` to the original canonical grid: float32 in [0, 1], high = important."""
+    from aidnet.explain.gradcam import network_maps
+
+    geometry = CropGeometry.from_dict(cached.geometry)
+    x = torch.from_numpy(cached.image)[None]
+    return {
+        name: geometry.to_original(net_map).astype(np.float32)
+        for name, net_map in network_maps(trained.model, x).items()
+    }
+
+
+def label_path_of(record: ScanRecord, base: Path) -> Path | None:
+    """The record's ``label_path`` (relative to the manifest folder ``base``), if it has one."""
+    text = record.extras.get(LABEL_COLUMN, "").strip()
+    if not text:
+        return None
+    path = Path(text)
+    return path if path.is_absolute() else base / path
+
+
+def coronary_labels(record: ScanRecord, base: Path, geometry: CropGeometry) -> np.ndarray | None:
+    """The record's label map on the original grid if it holds coronary calcium, else None."""
+    from aidnet.explain.localisation import LABEL_CORONARY, load_label_map
+
+    path = label_path_of(record, base)
+    if path is None:
+        return None
+    labels = load_label_map(path, geometry.original_shape, geometry.affine, scan=record.key)
+    return labels if bool((labels == LABEL_CORONARY).any()) else None
+
+
+def localisation_rows(
+    record: ScanRecord, maps: dict[str, np.ndarray], labels: np.ndarray, geometry: CropGeometry
+) -> list[dict]:
+    """``localisation.csv`` rows of one scan's maps (scores kept under ``score``)."""
+    from aidnet.explain.localisation import csv_row, score_maps
+    from aidnet.io.orient import spacing_of
+
+    scores = score_maps(maps, labels, spacing_of(geometry.affine))
+    return [
+        {**csv_row(record.subject, record.visit, name, score), "score": score}
+        for name, score in scores.items()
+    ]
+
+
+def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
+    """Score one scan's maps against its label map; [] without coronary calcium labels."""
+    cached = load_cached(item.cache)
+    geometry = CropGeometry.from_dict(cached.geometry)
+    labels = coronary_labels(item.record, base, geometry)
+    if labels is None:
+        return []
+    return localisation_rows(item.record, original_maps(trained, cached), labels, geometry)
+
+
+def localisation_summary(rows: list[dict]) -> dict:
+    """``metrics["localisation"]``: one summary per kind of map (empty without rows)."""
+    from aidnet.explain.localisation import summarise
+
+    names = list(dict.fromkeys(r["map"] for r in rows))
+    return {name: summarise([r["score"] for r in rows if r["map"] == name]) for name in names}
+
+
+def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = None) -> dict:
+    """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
+    overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
+    (under ``localisation``)."""
     from aidnet.explain.overlay import save_overlay_png
     from aidnet.io.nifti import write_nifti
     from aidnet.io.read import read_volume
-    from aidnet.preprocess.geometry import CropGeometry
 
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
-    x = torch.from_numpy(cached.image)[None]
+    maps = original_maps(trained, cached)
     volume = read_volume(item.record.path)
-    written: dict = {"key": item.record.key}
-    maps = {"gradcam": grad_cam(trained.model, x)}
-    attention = attention_map(trained.model, x)
-    if attention is not None:
-        maps["attention"] = attention
-    for name, net_map in maps.items():
-        original = geometry.to_original(net_map).astype("float32")
-        path = write_nifti(original, volume.affine, out / f"{item.record.key}_{name}.nii.gz")
-        written[name] = path
-        png = out / f"{item.record.key}_{name}.png"
-        save_overlay_png(
-            volume.array, original, volume.spacing, png, title=f"{item.record.key} — {name}"
-        )
+    key = item.record.key
+    written: dict = {"key": key}
+    for name, original in maps.items():
+        written[name] = write_nifti(*geometry.to_source(original), out / f"{key}_{name}.nii.gz")
+        png = out / f"{key}_{name}.png"
+        save_overlay_png(volume.array, original, volume.spacing, png, title=f"{key} — {name}")
         written[f"{name}_png"] = png
+    labels = None if base is None else coronary_labels(item.record, base, geometry)
+    if labels is not None:
+        written["localisation"] = localisation_rows(item.record, maps, labels, geometry)
     return written
 
 
@@ -56,7 +126,10 @@ def explain_manifest(
     keys: list[str] | None = None,
     split: str = "all",
 ) -> list[dict]:
-    """Explain the manifest's scans (optionally only ``keys``, at most ``limit``)."""
+    """Explain the manifest's scans (optionally only ``keys``, at most ``limit``); with label
+    maps in the manifest (``label_path``) also ``out/localisation.csv``."""
+    from aidnet.explain.localisation import write_localisation_csv
+
     trained = load_trained(checkpoint)
     records = select_records(manifest, trained, split)
     if keys is not None:
@@ -66,6 +139,11 @@ def explain_manifest(
         records = records[:limit]
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
-    written = [explain_item(trained, item, out) for item in items]
+    written = [explain_item(trained, item, out, base=manifest.parent) for item in items]
+    rows = [row for w in written for row in w.get("localisation", [])]
+    if rows:
+        write_localisation_csv(out / "localisation.csv", rows)
+    else:  # no stale scores from an earlier run into the same folder
+        (out / "localisation.csv").unlink(missing_ok=True)
     raise_if_failed(failures, "explained")
     return written

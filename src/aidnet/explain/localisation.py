@@ -1,0 +1,269 @@
+"""Where a heat map points, measured against voxel annotations (beyond the paper, issue 5).
+
+For one heat map on the scan's own (canonical) grid, its label map (0 background, 1 coronary
+calcium, 2 other calcium, other values ignored) and the voxel spacing in mm:
+
+* **pointing game**: a hit when the map's maximum voxel lies within ``hit_radius_mm`` (5 mm) of
+  a coronary-calcium voxel, distances between voxel centres in physical mm (anisotropic spacing
+  respected). Ties in the maximum go to the first maximal voxel in (z, y, x) C order, the
+  ``numpy.argmax`` rule. A map with no positive value is a miss (no peak distance, shares 0).
+* **mass shares**: the share of the map's total value on voxels within ``mass_radius_mm``
+  (10 mm) of coronary calcium, and of non-coronary calcium (label 2). The two regions may
+  overlap (a plaque beside aortic calcium), so the shares need not add up to 1 or less.
+
+Only scans whose label map holds coronary calcium are scored. Summaries give the hit rate with a
+95% Wilson score interval (scans counted as independent trials) and the median and mean shares.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aidnet.errors import AidnetError
+
+LABEL_CORONARY, LABEL_NONCORONARY = 1, 2
+HIT_RADIUS_MM = 5.0
+MASS_RADIUS_MM = 10.0
+CSV_COLUMNS = (
+    "subject",
+    "visit",
+    "map",
+    "hit",
+    "peak_distance_mm",
+    "coronary_share",
+    "noncoronary_share",
+)
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """Scores of one heat map; ``peak_distance_mm`` is NaN for a map with no positive value."""
+
+    hit: bool
+    peak: tuple[int, int, int] | None
+    peak_distance_mm: float
+    coronary_share: float
+    noncoronary_share: float
+
+
+def _region(support: np.ndarray, shape: tuple[int, ...], margin: Sequence[int]) -> tuple:
+    """Bounding box of ``support`` grown by ``margin`` voxels per axis (clipped to ``shape``)."""
+    idx = np.nonzero(support)
+    return tuple(
+        slice(max(int(i.min()) - m, 0), min(int(i.max()) + m + 1, n))
+        for i, m, n in zip(idx, margin, shape, strict=True)
+    )
+
+
+def _near(labels: np.ndarray, label: int, spacing: np.ndarray, radius: float) -> np.ndarray:
+    """Voxels whose centre lies within ``radius`` mm of a voxel of ``label`` (exact EDT)."""
+    from scipy.ndimage import distance_transform_edt
+
+    target = labels == label
+    if not target.any():
+        return np.zeros(labels.shape, dtype=bool)
+    distance = distance_transform_edt(~target, sampling=spacing)
+    return np.asarray(distance) <= radius
+
+
+def nearest_distance_mm(
+    point: Sequence[int], mask: np.ndarray, spacing: Sequence[float] | np.ndarray
+) -> float:
+    """Physical distance (mm) from voxel ``point`` to the nearest voxel of ``mask``; inf if none."""
+    where = np.argwhere(mask)
+    if where.size == 0:
+        return math.inf
+    delta = (where - np.asarray(point)[None]) * np.asarray(spacing, dtype=np.float64)[None]
+    return float(np.sqrt((delta**2).sum(axis=1)).min())
+
+
+def score_maps(
+    maps: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    hit_radius_mm: float = HIT_RADIUS_MM,
+    mass_radius_mm: float = MASS_RADIUS_MM,
+) -> dict[str, Localisation]:
+    """Score heat maps that share one label map (distances are computed once for all)."""
+    spacing_mm = np.asarray(spacing, dtype=np.float64)
+    if spacing_mm.shape != (3,) or not np.all(spacing_mm > 0):
+        raise ValueError(f"spacing must be three positive numbers (mm), not {tuple(spacing)}")
+    if labels.ndim != 3:
+        raise ValueError(f"label map must be 3-D, got shape {labels.shape}")
+    for name, heat in maps.items():
+        if heat.shape != labels.shape:
+            raise ValueError(f"{name} map shape {heat.shape} differs from labels {labels.shape}")
+        if not np.all(np.isfinite(heat)) or heat.min() < 0:
+            raise ValueError(f"{name} map must be finite and non-negative")
+    coronary = labels == LABEL_CORONARY
+    support = np.zeros(labels.shape, dtype=bool)
+    for heat in maps.values():
+        support |= heat > 0
+    near_coronary = near_other = None
+    if support.any():
+        # masks within the radius are exact on the support's box grown by the radius
+        margin = [int(math.ceil(mass_radius_mm / s)) + 1 for s in spacing_mm]
+        box = _region(support, labels.shape, margin)
+        inner = _region(support, labels.shape, [0, 0, 0])
+        local = tuple(
+            slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, box, strict=True)
+        )
+        near_coronary = _near(labels[box], LABEL_CORONARY, spacing_mm, mass_radius_mm)[local]
+        near_other = _near(labels[box], LABEL_NONCORONARY, spacing_mm, mass_radius_mm)[local]
+    out: dict[str, Localisation] = {}
+    for name, heat in maps.items():
+        if near_coronary is None or near_other is None or float(heat.max()) <= 0:
+            out[name] = Localisation(False, None, math.nan, 0.0, 0.0)
+            continue
+        flat = int(np.argmax(heat))  # the first maximum in C order
+        pz, py, px = (int(i) for i in np.unravel_index(flat, heat.shape))
+        peak = (pz, py, px)
+        distance = nearest_distance_mm(peak, coronary, spacing_mm)
+        values = heat[inner].astype(np.float64)
+        total = float(values.sum())
+        out[name] = Localisation(
+            hit=bool(distance <= hit_radius_mm),
+            peak=peak,
+            peak_distance_mm=distance,
+            coronary_share=float(values[near_coronary].sum()) / total,
+            noncoronary_share=float(values[near_other].sum()) / total,
+        )
+    return out
+
+
+def score_map(
+    heat: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    hit_radius_mm: float = HIT_RADIUS_MM,
+    mass_radius_mm: float = MASS_RADIUS_MM,
+) -> Localisation:
+    """Pointing game and mass shares of one heat map (see the module docstring)."""
+    return score_maps(
+        {"map": heat},
+        labels,
+        spacing,
+        hit_radius_mm=hit_radius_mm,
+        mass_radius_mm=mass_radius_mm,
+    )["map"]
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``hits / n`` (n ≥ 1)."""
+    if n < 1:
+        raise ValueError("a proportion needs n >= 1")
+    p = hits / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    lo = 0.0 if hits == 0 else max(0.0, centre - half)
+    hi = 1.0 if hits == n else min(1.0, centre + half)  # exact at the ends, no rounding
+    return lo, hi
+
+
+def summarise(
+    scores: Sequence[Localisation],
+    *,
+    hit_radius_mm: float = HIT_RADIUS_MM,
+    mass_radius_mm: float = MASS_RADIUS_MM,
+) -> dict:
+    """The ``metrics.json`` entry of one kind of map over CAC-positive scans (n ≥ 1)."""
+    if not scores:
+        raise ValueError("no scores to summarise")
+    hits = sum(s.hit for s in scores)
+    coronary = np.array([s.coronary_share for s in scores])
+    other = np.array([s.noncoronary_share for s in scores])
+    lo, hi = wilson_interval(hits, len(scores))
+    return {
+        "n": len(scores),
+        "pointing_hit_rate": hits / len(scores),
+        "pointing_hit_rate_ci95": [lo, hi],
+        "coronary_mass_share_median": float(np.median(coronary)),
+        "coronary_mass_share_mean": float(np.mean(coronary)),
+        "noncoronary_mass_share_median": float(np.median(other)),
+        "noncoronary_mass_share_mean": float(np.mean(other)),
+        "hit_radius_mm": float(hit_radius_mm),
+        "mass_radius_mm": float(mass_radius_mm),
+    }
+
+
+def load_label_map(
+    path: Path,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    scan: str = "the scan",
+) -> np.ndarray:
+    """A label map file (any format :func:`read_volume` reads) as int16 on the canonical grid.
+
+    It must lie on the scan's own grid: same shape and voxel positions within half a voxel;
+    anything else is one AidnetError line naming the file.
+    """
+    from aidnet.io.read import read_volume
+
+    volume = read_volume(path)
+    if volume.shape != tuple(shape):
+        got = "×".join(map(str, volume.shape))
+        want = "×".join(map(str, shape))
+        raise AidnetError(
+            f"{path}: label map has shape {got} but {scan} has {want}; "
+            "label_path must be a label map on the scan's own voxel grid"
+        )
+    corners = np.array(
+        [
+            [z, y, x, 1.0]
+            for z in (0, shape[0] - 1)
+            for y in (0, shape[1] - 1)
+            for x in (0, shape[2] - 1)
+        ]
+    )
+    offset = np.abs((corners @ volume.affine.T - corners @ np.asarray(affine).T)[:, :3]).max()
+    if offset > 0.5 * min(volume.spacing):
+        raise AidnetError(
+            f"{path}: label map lies {offset:.1f} mm off {scan} (different affine); "
+            "label_path must be a label map on the scan's own voxel grid"
+        )
+    values = volume.array
+    rounded = np.rint(values)
+    if not np.array_equal(rounded, values):
+        raise AidnetError(
+            f"{path}: label map has non-integer values (resampled with interpolation?); "
+            "use integer labels 0 background, 1 coronary calcium, 2 other calcium"
+        )
+    return rounded.astype(np.int16)
+
+
+def write_localisation_csv(path: Path, rows: Sequence[Mapping]) -> Path:
+    """``subject, visit, map, hit, peak_distance_mm, coronary_share, noncoronary_share``."""
+    from aidnet.atomic import atomic_path
+
+    with (
+        atomic_path(path, suffix=".csv") as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as fh,
+    ):
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in CSV_COLUMNS})
+    return path
+
+
+def csv_row(subject: str, visit: str, name: str, score: Localisation) -> dict:
+    """One ``localisation.csv`` row (peak distance empty for a map with no positive value)."""
+    distance = score.peak_distance_mm
+    return {
+        "subject": subject,
+        "visit": visit,
+        "map": name,
+        "hit": int(score.hit),
+        "peak_distance_mm": "" if not math.isfinite(distance) else f"{distance:.2f}",
+        "coronary_share": f"{score.coronary_share:.4f}",
+        "noncoronary_share": f"{score.noncoronary_share:.4f}",
+    }

@@ -1,0 +1,319 @@
+"""Pointing game and mass shares on hand-made arrays: physical mm, ties, empty maps, errors."""
+
+import math
+
+import numpy as np
+import pytest
+
+from aidnet.errors import AidnetError
+from aidnet.explain.localisation import (
+    load_label_map,
+    score_map,
+    score_maps,
+    summarise,
+    wilson_interval,
+)
+from aidnet.io.nifti import write_nifti
+from aidnet.io.volume import canonical_affine
+
+
+def one_plaque(shape=(20, 20, 20), at=(10, 10, 10)):
+    labels = np.zeros(shape, dtype=np.int16)
+    labels[at] = 1
+    return labels
+
+
+def spike(shape, at, value=1.0):
+    heat = np.zeros(shape, dtype=np.float32)
+    heat[at] = value
+    return heat
+
+
+def test_distance_is_in_mm_not_voxels():
+    labels = one_plaque()
+    spacing = (3.0, 0.6, 0.6)
+    # 8 voxels away in x but 4.8 mm: a hit, though a voxel count says 8
+    near_in_mm = score_map(spike(labels.shape, (10, 10, 18)), labels, spacing)
+    assert near_in_mm.hit and near_in_mm.peak_distance_mm == pytest.approx(4.8)
+    # 2 voxels away in z but 6 mm: a miss, though a voxel count says 2
+    far_in_mm = score_map(spike(labels.shape, (12, 10, 10)), labels, spacing)
+    assert not far_in_mm.hit and far_in_mm.peak_distance_mm == pytest.approx(6.0)
+    # diagonal: sqrt(3² + (4 · 0.6)²) = 3.84 mm
+    diagonal = score_map(spike(labels.shape, (11, 14, 10)), labels, spacing)
+    assert diagonal.hit and diagonal.peak_distance_mm == pytest.approx(math.hypot(3, 2.4))
+
+
+@pytest.mark.parametrize(("step", "hit"), [(0.49, True), (0.51, False)])
+def test_hit_radius_is_5_mm(step, hit):
+    labels = one_plaque()
+    score = score_map(spike(labels.shape, (10, 10, 0)), labels, (1.0, 1.0, step))
+    assert score.peak_distance_mm == pytest.approx(10 * step)
+    assert score.hit is hit
+
+
+def test_mass_shares_add_up():
+    shape, spacing = (10, 10, 40), (1.0, 1.0, 1.0)
+    labels = np.zeros(shape, dtype=np.int16)
+    labels[5, 5, 5] = 1  # coronary at x = 5
+    labels[5, 5, 35] = 2  # other calcium at x = 35, 30 mm away: the regions do not overlap
+    heat = np.zeros(shape, dtype=np.float32)
+    heat[5, 5, 5] = 0.5  # 0 mm from the plaque
+    heat[5, 5, 15] = 0.3  # exactly 10 mm: inside (within = at most)
+    heat[5, 5, 25] = 0.4  # 10 mm from the other calcium
+    heat[5, 5, 20] = 0.8  # 15 mm from both: neither
+    s = score_map(heat, labels, spacing)
+    total = 0.5 + 0.3 + 0.4 + 0.8
+    assert s.coronary_share == pytest.approx(0.8 / total)
+    assert s.noncoronary_share == pytest.approx(0.4 / total)
+    assert s.coronary_share + s.noncoronary_share + 0.8 / total == pytest.approx(1.0)
+    assert s.peak == (5, 5, 20) and not s.hit  # the peak is the 0.8 voxel, 15 mm away
+    # anisotropic: 10.2 mm along z leaves the 10 mm region
+    heat2 = spike(shape, (5, 5, 5), 1.0)
+    heat2[8, 5, 5] = 1.0  # a tie: the first maximum in C order (z = 5) is the peak
+    s2 = score_map(heat2, labels, (3.4, 1.0, 1.0))
+    assert s2.peak == (5, 5, 5) and s2.hit
+    assert s2.coronary_share == pytest.approx(0.5)
+
+
+def test_overlapping_regions_are_both_counted():
+    labels = np.zeros((5, 5, 30), dtype=np.int16)
+    labels[2, 2, 10], labels[2, 2, 14] = 1, 2
+    heat = spike(labels.shape, (2, 2, 12))
+    s = score_map(heat, labels, (1, 1, 1))
+    assert s.coronary_share == 1.0 and s.noncoronary_share == 1.0
+
+
+def test_ties_go_to_the_first_maximum_in_c_order():
+    labels = one_plaque(at=(15, 15, 15))
+    heat = np.zeros(labels.shape, dtype=np.float32)
+    heat[2, 2, 2] = 1.0  # first in C order, far away
+    heat[15, 15, 15] = 1.0  # on the plaque
+    s = score_map(heat, labels, (1, 1, 1))
+    assert s.peak == (2, 2, 2) and not s.hit
+    heat[2, 2, 2] = 0.999
+    assert score_map(heat, labels, (1, 1, 1)).hit
+
+
+def test_all_zero_map_is_a_miss():
+    labels = one_plaque()
+    s = score_map(np.zeros(labels.shape, dtype=np.float32), labels, (1, 1, 1))
+    assert not s.hit and s.peak is None and math.isnan(s.peak_distance_mm)
+    assert s.coronary_share == 0.0 and s.noncoronary_share == 0.0
+
+
+def test_maps_sharing_labels_give_the_same_scores_as_alone():
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 0, 0, 0, 1, 2], size=(12, 14, 16), p=[0.3, 0.3, 0.3, 0.05, 0.02, 0.03])
+    a = np.zeros(labels.shape, dtype=np.float32)
+    a[3:6, 4:9, 2:5] = rng.random((3, 5, 3))
+    b = np.zeros(labels.shape, dtype=np.float32)
+    b[8:11, 1:3, 10:15] = rng.random((3, 2, 5))
+    spacing = (2.5, 0.7, 0.9)
+    together = score_maps({"a": a, "b": b}, labels, spacing)
+    for name, heat in (("a", a), ("b", b)):
+        alone = score_map(heat, labels, spacing)
+        assert together[name] == alone
+    # brute force: shares by explicit distances over all voxel pairs
+    grid = np.argwhere(np.ones(labels.shape, dtype=bool)) * np.array(spacing)
+    for label, share in ((1, "coronary_share"), (2, "noncoronary_share")):
+        targets = np.argwhere(labels == label) * np.array(spacing)
+        d = np.sqrt(((grid[:, None] - targets[None]) ** 2).sum(-1)).min(1).reshape(labels.shape)
+        assert getattr(together["a"], share) == pytest.approx(a[d <= 10].sum() / a.sum())
+
+
+def test_invalid_maps_are_refused():
+    labels = one_plaque()
+    with pytest.raises(ValueError, match="differs"):
+        score_map(np.zeros((20, 20, 19), dtype=np.float32), labels, (1, 1, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        score_map(-np.ones(labels.shape, dtype=np.float32), labels, (1, 1, 1))
+    with pytest.raises(ValueError, match="spacing"):
+        score_map(np.zeros(labels.shape, dtype=np.float32), labels, (1, 0, 1))
+
+
+def test_summary_and_wilson_interval():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] < 1.0
+    labels = one_plaque()
+    scores = [
+        score_map(spike(labels.shape, (10, 10, 10)), labels, (1, 1, 1)),
+        score_map(spike(labels.shape, (10, 10, 18)), labels, (1, 1, 1)),
+        score_map(np.zeros(labels.shape, dtype=np.float32), labels, (1, 1, 1)),
+    ]
+    summary = summarise(scores)
+    assert summary["n"] == 3
+    assert summary["pointing_hit_rate"] == pytest.approx(1 / 3)
+    assert summary["pointing_hit_rate_ci95"] == pytest.approx(list(wilson_interval(1, 3)))
+    assert summary["coronary_mass_share_median"] == 1.0  # shares 1, 1, 0
+    assert summary["coronary_mass_share_mean"] == pytest.approx(2 / 3)
+    assert summary["noncoronary_mass_share_mean"] == 0.0
+    assert summary["hit_radius_mm"] == 5.0 and summary["mass_radius_mm"] == 10.0
+
+
+def test_label_map_must_lie_on_the_scan_grid(tmp_path):
+    spacing = (2.0, 0.8, 0.8)
+    affine = canonical_affine(spacing, (10.0, -20.0, 30.0))
+    labels = one_plaque((6, 8, 10), (3, 4, 5)).astype(np.uint8)
+    good = write_nifti(labels, affine, tmp_path / "good_label.nii.gz")
+    loaded = load_label_map(good, (6, 8, 10), affine)
+    assert loaded.dtype == np.int16 and np.array_equal(loaded, labels)
+    small = write_nifti(labels[:5], affine, tmp_path / "small_label.nii.gz")
+    with pytest.raises(AidnetError, match=r"small_label\.nii\.gz: label map has shape 5×8×10"):
+        load_label_map(small, (6, 8, 10), affine, scan="P1/scan")
+    moved = write_nifti(labels, canonical_affine(spacing, (13.0, -20, 30)), tmp_path / "m.nii.gz")
+    with pytest.raises(AidnetError, match=r"m\.nii\.gz: label map lies 3\.0 mm off"):
+        load_label_map(moved, (6, 8, 10), affine)
+    blurred = write_nifti(labels * 0.5, affine, tmp_path / "b.nii.gz")
+    with pytest.raises(AidnetError, match="non-integer"):
+        load_label_map(blurred, (6, 8, 10), affine)
+
+
+class LookupNet:
+    """Stand-in network for evaluate: for each known input image, features (and attention)
+    are a Gaussian bump (σ = 1.5 network voxels) at a chosen point of the network grid."""
+
+    def __init__(self, table):
+        import torch
+
+        self.table = [(torch.from_numpy(image), centre) for image, centre in table]
+        self.training = False
+        self.gain = torch.ones((), requires_grad=True)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def _bump(self, image):
+        import torch
+
+        (centre,) = [c for known, c in self.table if torch.equal(known, image)]
+        axes = np.meshgrid(
+            *(np.arange(n, dtype=np.float64) for n in image.shape[1:]), indexing="ij"
+        )
+        d2 = sum((a - c) ** 2 for a, c in zip(axes, centre, strict=True))
+        return torch.from_numpy(np.exp(-d2 / (2 * 1.5**2))).float()[None]
+
+    def forward_single(self, x):
+        import torch
+
+        from aidnet.models.aidnet import SingleOutput
+
+        bumps = torch.stack([self._bump(image) for image in x])
+        features = bumps.expand(-1, 2, -1, -1, -1) * self.gain
+        pooled = features.mean(dim=(2, 3, 4)).sum(1, keepdim=True)
+        logits = torch.cat([-pooled, pooled, pooled], dim=1)
+        return SingleOutput(logits=logits, features=features, attention=bumps)
+
+
+def test_evaluate_scores_localisation(tmp_path, monkeypatch):
+    """evaluate_run on a phantom cohort with label maps: the stand-in network points at a
+    plaque in every CAC-positive scan but one; metrics.json and localisation.csv say so."""
+    import csv
+    import json
+
+    import aidnet.pipeline.evaluate as evaluate_module
+    from aidnet.data.cache import load_cached, preprocess_cohort
+    from aidnet.data.manifest import read_manifest
+    from aidnet.io.read import read_volume
+    from aidnet.phantom import make_cohort
+    from aidnet.pipeline.common import Trained
+    from aidnet.preprocess.geometry import CropGeometry
+
+    manifest = make_cohort(tmp_path / "c", subjects=3, seed=11, class_mix=(0.4, 0.6, 0.0))
+    records = read_manifest(manifest)
+    size = (16, 32, 40)
+    cache = tmp_path / "cache"
+    done = preprocess_cohort(records, cache, size, progress=False).done
+    table, positive, missed = [], [], None
+    for record in records:
+        cached = load_cached(done[record.key])
+        geometry = CropGeometry.from_dict(cached.geometry)
+        labels = read_volume(manifest.parent / record.extras["label_path"]).array
+        plaque = np.argwhere(labels == 1)
+        if len(plaque) == 0:
+            table.append((cached.image, np.array(size) / 2))
+            continue
+        positive.append(record.key)
+        centre = geometry.original_to_network_index(plaque[len(plaque) // 2])[0]
+        if missed is None:  # this one points at the far corner of the crop box instead
+            missed, centre = record.key, np.zeros(3)
+        table.append((cached.image, centre))
+    assert 2 <= len(positive) < len(records), "the cohort needs CAC-positive and negative scans"
+    trained = Trained(
+        LookupNet(table),
+        {"name": "stand-in", "num_classes": 3, "input_size": list(size)},
+        tmp_path / "stand-in.pt",
+        None,
+    )
+    monkeypatch.setattr(evaluate_module, "load_trained", lambda checkpoint: trained)
+    out = tmp_path / "eval"
+    metrics = evaluate_module.evaluate_run(trained.path, manifest, out, cache_dir=cache, n_boot=0)
+    n = len(positive)
+    saved = json.loads((out / "metrics.json").read_text())["localisation"]
+    assert saved == json.loads(json.dumps(metrics["localisation"]))
+    assert set(saved) == {"gradcam", "attention"}
+    for summary in saved.values():
+        assert set(summary) == {
+            "n",
+            "pointing_hit_rate",
+            "pointing_hit_rate_ci95",
+            "coronary_mass_share_median",
+            "coronary_mass_share_mean",
+            "noncoronary_mass_share_median",
+            "noncoronary_mass_share_mean",
+            "hit_radius_mm",
+            "mass_radius_mm",
+        }
+        assert summary["n"] == n
+        assert summary["pointing_hit_rate"] == pytest.approx((n - 1) / n)
+        assert summary["pointing_hit_rate_ci95"] == pytest.approx(list(wilson_interval(n - 1, n)))
+        assert 0 < summary["coronary_mass_share_mean"] < 1
+        assert (summary["hit_radius_mm"], summary["mass_radius_mm"]) == (5.0, 10.0)
+    with (out / "localisation.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * n
+    assert list(rows[0]) == [
+        "subject",
+        "visit",
+        "map",
+        "hit",
+        "peak_distance_mm",
+        "coronary_share",
+        "noncoronary_share",
+    ]
+    hits = {(f"{r['subject']}_{r['visit']}", r["map"]): r["hit"] for r in rows}
+    assert {k for k, _ in hits} == set(positive)
+    assert all((h == "0") == (key == missed) for (key, _), h in hits.items())
+    assert all(float(r["peak_distance_mm"]) > 5 for r in rows if r["hit"] == "0")
+
+    # localise=False: no localisation anywhere
+    off = tmp_path / "off"
+    metrics = evaluate_module.evaluate_run(
+        trained.path, manifest, off, cache_dir=cache, n_boot=0, localise=False
+    )
+    assert "localisation" not in metrics and not (off / "localisation.csv").exists()
+
+
+def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path):
+    """A real (untrained) checkpoint through the pipeline's own loading path."""
+    import aidnet.pipeline.evaluate as evaluate_module
+    from aidnet.io.read import read_volume
+    from aidnet.models.registry import build_model
+    from aidnet.phantom import make_cohort
+    from aidnet.training.checkpoint import save_checkpoint
+
+    spec = {"name": "aidnet", "num_classes": 3, "features": [2, 4], "input_size": [8, 16, 16]}
+    model = build_model("aidnet", num_classes=3, features=(2, 4))
+    save_checkpoint(tmp_path / "model.pt", {"model_spec": spec, "model": model.state_dict()})
+
+    manifest = make_cohort(tmp_path / "c", subjects=1, seed=3, class_mix=(0, 1, 0))
+    label = manifest.parent / "labels" / "P0001_scan_label.nii.gz"
+    volume = read_volume(label)
+    write_nifti(volume.array[1:].astype(np.uint8), volume.affine, label)
+    with pytest.raises(AidnetError, match=r"P0001_scan_label\.nii\.gz: label map has shape"):
+        evaluate_module.evaluate_run(
+            tmp_path / "model.pt", manifest, tmp_path / "eval", cache_dir=tmp_path / "cache"
+        )
