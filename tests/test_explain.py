@@ -54,10 +54,15 @@ def test_flat_map_is_zero_not_nan():
     assert np.all(cam == 0)
 
 
-def test_attention_map_on_input_grid():
+def test_attention_map_on_input_grid_normalised_high_is_important():
     x = torch.zeros(1, 2, 8, 10, 12)
+    flat = attention_map(BrightSpotNet(), x)
+    assert flat.shape == (8, 10, 12) and np.all(flat == 0)  # a uniform gate (0.5) → zero
+    x[0, 1, 2:4, 6:8, 1:3] = 1.0
     att = attention_map(BrightSpotNet(), x)
-    assert att.shape == (8, 10, 12) and 0 <= att.min() <= att.max() <= 1
+    assert att.dtype == np.float32 and att.min() == 0.0 and att.max() == 1.0
+    peak = np.unravel_index(np.argmax(att), att.shape)
+    assert 2 <= peak[0] <= 3 and 6 <= peak[1] <= 7 and 1 <= peak[2] <= 2
 
 
 def test_overlay_png(tmp_path):

@@ -1,8 +1,10 @@
 """3-D Grad-CAM at the feature map before global average pooling (paper §2.3, Fig. 2).
 
 Score explained: the log of P(CAC) — log(P1 + P2) for the 3-class model (strategy 2: the CAC
-classes together), log P1 for the 2-class model. Maps are min–max normalised so that
-HIGH = IMPORTANT (unlike an inverting normaliser), and an all-zero map stays all zero.
+classes together), log P1 for the 2-class model. Grad-CAM and the SAG attention map are both
+min–max normalised to [0, 1] so that HIGH = IMPORTANT (unlike an inverting normaliser; the
+attention map's floor, e.g. a uniform 0.5 of an undecided gate, becomes 0), and a constant map
+becomes all zero.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
         if out.attention is not None:
             att = out.attention.detach().float()
             att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)
-            maps["attention"] = att[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+            maps["attention"] = _normalise(att[0, 0])
     finally:
         model.train(was_training)
     return maps
