@@ -21,6 +21,7 @@ def test_perfect_separation():
     m = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), n_boot=200)
     assert m["auc"] == 1.0 and m["accuracy"] == 1.0
     assert m["auc_ci95"] == [1.0, 1.0]
+    assert m["sensitivity_ci95"] == [1.0, 1.0] == m["specificity_ci95"]
 
 
 def test_hand_computed_example():
@@ -36,6 +37,9 @@ def test_hand_computed_example():
     assert lo <= m["auc"] <= hi
     lo, hi = m["accuracy_ci95"]
     assert lo <= m["accuracy"] <= hi
+    for key in ("sensitivity", "specificity"):
+        lo, hi = m[f"{key}_ci95"]
+        assert 0 <= lo <= m[key] <= hi <= 1 and lo < hi, key
 
 
 def test_one_class_does_not_crash():

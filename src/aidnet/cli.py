@@ -318,6 +318,29 @@ def demo(
 
 @app.command()
 @friendly
+def experiment(
+    manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Folder for every row, the table and report."),
+    preset: str = typer.Option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    rows: str | None = typer.Option(
+        None,
+        "--rows",
+        help="Comma-separated rows (e.g. idnet-s1,aidnet-l0.001) or model groups; default all 10.",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    workers: int = typer.Option(1, "--workers", min=1, help="Preprocessing processes."),
+) -> None:
+    """The paper's comparison: 5 models x 2 strategies on one subject split, DeLong tests,
+    ROC overlay, confusion matrices, report.html (resumable per row)."""
+    from aidnet.pipeline.experiment import run_experiment
+
+    names = [n.strip() for n in rows.split(",") if n.strip()] if rows else None
+    run_experiment(manifest, preset, out, rows=names, epochs=epochs, workers=workers)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+@friendly
 def lungs(
     image: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
     out: Path = typer.Option(..., "--out", help="Lung mask to write (.nii.gz or .nii)."),

@@ -39,7 +39,7 @@ def binary_metrics(
     groups: np.ndarray | None = None,
 ) -> dict:
     """AUC, accuracy, sensitivity, specificity, 2×2 confusion ([[TN, FP], [FN, TP]]), ROC and
-    95% bootstrap intervals (resampling scans, keeping both classes present).
+    95% bootstrap intervals of all four (resampling scans, keeping both classes present).
 
     With ``groups`` (the subject of each scan) the bootstrap resamples whole subjects, since a
     subject's scan and rescan are not independent; subjects are stratified by whether any of
@@ -75,6 +75,8 @@ def binary_metrics(
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
     out["auc_ci95"] = None
     out["accuracy_ci95"] = None
+    out["sensitivity_ci95"] = None
+    out["specificity_ci95"] = None
     if n_boot > 0 and out["auc"] is not None:
         rng = np.random.default_rng(seed)
         members = _clusters(y, groups)
@@ -82,6 +84,8 @@ def binary_metrics(
         strata = [np.flatnonzero(has_pos), np.flatnonzero(~has_pos)]
         aucs: list[float] = []
         accs: list[float] = []
+        sens: list[float] = []
+        specs: list[float] = []
         for _ in range(n_boot):
             picked = [rng.choice(s, s.size, replace=True) for s in strata if s.size]
             idx = np.concatenate([members[c] for part in picked for c in part])
@@ -89,8 +93,12 @@ def binary_metrics(
                 continue
             aucs.append(float(_auc(y[idx], p[idx]) or 0.0))
             accs.append(float(np.mean(called[idx] == (y[idx] == 1))))
+            sens.append(float(np.mean(called[idx][y[idx] == 1])))
+            specs.append(float(np.mean(~called[idx][y[idx] == 0])))
         out["auc_ci95"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
-        out["accuracy_ci95"] = [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))]
+        out["accuracy_ci95"] = _percentile_ci(accs)
+        out["sensitivity_ci95"] = _percentile_ci(sens)
+        out["specificity_ci95"] = _percentile_ci(specs)
         out["bootstrap"] = {
             "n": len(aucs),
             "seed": seed,
@@ -102,6 +110,10 @@ def binary_metrics(
     for key in ("accuracy", "sensitivity", "specificity", "auc"):
         out[key] = _finite_or_none(out[key]) if out[key] is not None else None
     return out
+
+
+def _percentile_ci(values: list[float]) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
 def _clusters(y: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:

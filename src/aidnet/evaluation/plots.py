@@ -16,9 +16,15 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-def plot_roc(curves: dict[str, tuple[list, list, float | None]], path: Path) -> Path:
+def plot_roc(
+    curves: dict[str, tuple[list, list, float | None]],
+    path: Path,
+    *,
+    title: str = "ROC: CAC present vs absent",
+) -> Path:
     """One ROC curve per model: {name: (fpr, tpr, auc)} (paper Fig. 5)."""
-    fig = _figure((4.6, 4.4))
+    size = (4.6, 4.4) if len(curves) <= 2 else (5.0, 4.7)
+    fig = _figure(size)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
     for name, (fpr, tpr, auc) in curves.items():
@@ -28,7 +34,7 @@ def plot_roc(curves: dict[str, tuple[list, list, float | None]], path: Path) -> 
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 − specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC: CAC present vs absent")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -49,6 +55,34 @@ def plot_confusion(matrix, labels: list[str], path: Path, title: str = "") -> Pa
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_confusion_grid(
+    matrices: dict[str, list[list[int]]], labels: list[str], path: Path, title: str = ""
+) -> Path:
+    """One confusion matrix per model side by side, true class on rows (paper Fig. 4)."""
+    n = max(len(matrices), 1)
+    cols = min(n, 5)
+    rows = (n + cols - 1) // cols
+    fig = _figure((2.7 * cols + 0.4, 2.7 * rows + 0.5))
+    for k, (name, matrix) in enumerate(matrices.items()):
+        m = np.asarray(matrix)
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(int(m.max()), 1))
+        for (i, j), value in np.ndenumerate(m):
+            color = "white" if value > m.max() / 2 else "black"
+            ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=11)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("true", fontsize=8)
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return path

@@ -7,7 +7,6 @@ reuses what is already finished (cohort, cache, completed epochs).
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -16,48 +15,18 @@ from aidnet.atomic import write_text_atomic
 from aidnet.errors import AidnetError
 
 
-def _gallery_keys(predictions: Path, k: int = 6) -> list[tuple[str, str]]:
-    """Pick true/false positives/negatives from the test predictions: (key, caption)."""
-    with predictions.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["label"] != ""]
-    groups: dict[str, list[dict]] = {"TP": [], "FN": [], "FP": [], "TN": []}
-    for r in rows:
-        truth, called = int(r["label"]) > 0, float(r["p_cac"]) >= 0.5
-        groups[("T" if truth == called else "F") + ("P" if called else "N")].append(r)
-    order = {"TP": True, "FP": True, "FN": False, "TN": False}
-    ranked: list[tuple[str, dict]] = []
-    for name in ("TP", "FN", "FP", "TN"):
-        group = sorted(groups[name], key=lambda r: float(r["p_cac"]), reverse=order[name])
-        ranked += [(name, r) for r in group]
-    # one of each kind first (when there is one), then the rest in the same order
-    firsts = {
-        name: next((i for i, (n, _) in enumerate(ranked) if n == name), None) for name in groups
-    }
-    picked = [i for i in firsts.values() if i is not None]
-    picked += [i for i in range(len(ranked)) if i not in picked]
-    chosen: list[tuple[str, str]] = []
-    for i in picked[:k]:
-        name, r = ranked[i]
-        key = "".join(
-            c if c.isalnum() or c in "-_." else "-" for c in f"{r['subject']}_{r['visit']}"
-        )
-        chosen.append(
-            (
-                key,
-                f"{name}: {r['subject']} {r['visit']}, "
-                f"p(CAC) = {float(r['p_cac']):.2f}, class {r['label']}",
-            )
-        )
-    return chosen[:k]
-
-
 def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int = 0) -> dict:
     from aidnet.config import load_config, save_config
     from aidnet.data.manifest import read_manifest
     from aidnet.phantom import make_cohort
     from aidnet.pipeline.evaluate import evaluate_run
     from aidnet.pipeline.explain import explain_manifest
-    from aidnet.report.html import write_report
+    from aidnet.report.html import (
+        gallery_entries,
+        localisation_rows,
+        pick_gallery,
+        write_report,
+    )
     from aidnet.training.loop import train
 
     t_start = time.perf_counter()
@@ -103,9 +72,8 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
 
     t0 = time.perf_counter()
     print("[4/5] Grad-CAM heat maps for a gallery of test cases")
-    chosen = _gallery_keys(out / "predictions.csv")
-    captions = dict(chosen)
-    maps = explain_manifest(run, manifest, out / "heatmaps", keys=[k for k, _ in chosen])
+    picked = pick_gallery(out / "predictions.csv")
+    maps = explain_manifest(run, manifest, out / "heatmaps", keys=[c["key"] for c in picked])
     timings["explain_s"] = time.perf_counter() - t0
     if len(maps) < 3:
         raise AidnetError(f"{out}: only {len(maps)} heat maps could be written (need 3)")
@@ -129,19 +97,14 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
     }
     if (out / "confusion_3x3.png").exists():
         figures["Confusion matrix 3x3"] = out / "confusion_3x3.png"
-    gallery = [{"caption": captions[m["key"]], "image_path": m["gradcam_png"]} for m in maps]
-    gallery += [
-        {"caption": captions[m["key"]] + " — SAG attention", "image_path": m["attention_png"]}
-        for m in maps[:2]
-        if "attention_png" in m
-    ]
     write_report(
         out / "report.html",
         title="aidnet demo — AID-Net on a synthetic cohort",
         summary=summary,
         metrics=metrics,
         figures=figures,
-        gallery=gallery,
+        localisation=localisation_rows(metrics),
+        gallery=gallery_entries(picked, maps),
     )
     save_config(config, out / "config.yaml")
     timings["this_run_s"] = time.perf_counter() - t_start
