@@ -101,6 +101,31 @@ def test_all_zero_map_is_a_miss():
     assert s.coronary_share == 0.0 and s.noncoronary_share == 0.0
 
 
+def _brute_force_share(heat, labels, label, spacing, radius=10.0):
+    grid = np.argwhere(np.ones(labels.shape, dtype=bool)) * np.array(spacing)
+    targets = np.argwhere(labels == label) * np.array(spacing)
+    d = np.sqrt(((grid[:, None] - targets[None]) ** 2).sum(-1)).min(1).reshape(labels.shape)
+    return heat[d <= radius].sum() / heat.sum()
+
+
+@pytest.mark.parametrize("slab_voxels", [1 << 24, 1, 60])
+def test_shares_match_brute_force_distances(monkeypatch, slab_voxels):
+    """Exact in mm, also when the distance transform runs in thin z-slabs (full-size scans)."""
+    import aidnet.explain.localisation as localisation
+
+    monkeypatch.setattr(localisation, "_SLAB_VOXELS", slab_voxels)
+    rng = np.random.default_rng(1)
+    labels = np.zeros((30, 9, 11), dtype=np.int16)
+    labels[3, 4, 5] = labels[21, 2, 9] = 1
+    labels[12, 7, 1] = labels[29, 0, 0] = 2
+    heat = rng.random(labels.shape).astype(np.float32) ** 4
+    spacing = (1.3, 2.9, 0.8)  # 10 mm = 7.7 slices: slabs of 1 or 6 slices need their overlap
+    s = score_map(heat, labels, spacing)
+    assert s.coronary_share == pytest.approx(_brute_force_share(heat, labels, 1, spacing))
+    assert s.noncoronary_share == pytest.approx(_brute_force_share(heat, labels, 2, spacing))
+    assert 0.05 < s.coronary_share < 0.95 and 0.05 < s.noncoronary_share < 0.95
+
+
 def test_maps_sharing_labels_give_the_same_scores_as_alone():
     rng = np.random.default_rng(0)
     labels = rng.choice([0, 0, 0, 0, 1, 2], size=(12, 14, 16), p=[0.3, 0.3, 0.3, 0.05, 0.02, 0.03])
@@ -113,12 +138,9 @@ def test_maps_sharing_labels_give_the_same_scores_as_alone():
     for name, heat in (("a", a), ("b", b)):
         alone = score_map(heat, labels, spacing)
         assert together[name] == alone
-    # brute force: shares by explicit distances over all voxel pairs
-    grid = np.argwhere(np.ones(labels.shape, dtype=bool)) * np.array(spacing)
     for label, share in ((1, "coronary_share"), (2, "noncoronary_share")):
-        targets = np.argwhere(labels == label) * np.array(spacing)
-        d = np.sqrt(((grid[:, None] - targets[None]) ** 2).sum(-1)).min(1).reshape(labels.shape)
-        assert getattr(together["a"], share) == pytest.approx(a[d <= 10].sum() / a.sum())
+        expected = _brute_force_share(a, labels, label, spacing)
+        assert getattr(together["a"], share) == pytest.approx(expected)
 
 
 def test_invalid_maps_are_refused():

@@ -61,15 +61,38 @@ def _region(support: np.ndarray, shape: tuple[int, ...], margin: Sequence[int]) 
     )
 
 
+_SLAB_VOXELS = 1 << 24  # distance transforms run on z-slabs of about this many voxels
+
+
 def _near(labels: np.ndarray, label: int, spacing: np.ndarray, radius: float) -> np.ndarray:
-    """Voxels whose centre lies within ``radius`` mm of a voxel of ``label`` (exact EDT)."""
+    """Voxels whose centre lies within ``radius`` mm of a voxel of ``label``.
+
+    Exact: a Euclidean distance transform with the voxel spacing, run on the label's bounding
+    box grown by the radius, in z-slabs that overlap by the radius (bounded memory on
+    full-resolution scans; a voxel's nearest target within the radius is always in its slab).
+    """
     from scipy.ndimage import distance_transform_edt
 
     target = labels == label
+    near = np.zeros(labels.shape, dtype=bool)
     if not target.any():
-        return np.zeros(labels.shape, dtype=bool)
-    distance = distance_transform_edt(~target, sampling=spacing)
-    return np.asarray(distance) <= radius
+        return near
+    margin = [int(math.ceil(radius / s)) for s in spacing]
+    box = _region(target, labels.shape, margin)
+    background = ~target[box]
+    nz = background.shape[0]
+    step = max(1, _SLAB_VOXELS // (background.shape[1] * background.shape[2]))
+    inside = np.zeros(background.shape, dtype=bool)
+    for z0 in range(0, nz, step):
+        z1 = min(z0 + step, nz)
+        lo, hi = max(z0 - margin[0], 0), min(z1 + margin[0], nz)
+        slab = background[lo:hi]
+        if slab.all():  # no target within reach of this slab
+            continue
+        distance = np.asarray(distance_transform_edt(slab, sampling=spacing))
+        inside[z0:z1] = distance[z0 - lo : z1 - lo] <= radius
+    near[box] = inside
+    return near
 
 
 def nearest_distance_mm(
@@ -126,14 +149,14 @@ def score_maps(
         pz, py, px = (int(i) for i in np.unravel_index(flat, heat.shape))
         peak = (pz, py, px)
         distance = nearest_distance_mm(peak, coronary, spacing_mm)
-        values = heat[inner].astype(np.float64)
-        total = float(values.sum())
+        values = heat[inner]  # a view; sums in float64
+        total = float(values.sum(dtype=np.float64))
         out[name] = Localisation(
             hit=bool(distance <= hit_radius_mm),
             peak=peak,
             peak_distance_mm=distance,
-            coronary_share=float(values[near_coronary].sum()) / total,
-            noncoronary_share=float(values[near_other].sum()) / total,
+            coronary_share=float(values[near_coronary].sum(dtype=np.float64)) / total,
+            noncoronary_share=float(values[near_other].sum(dtype=np.float64)) / total,
         )
     return out
 
