@@ -22,7 +22,7 @@ CRASHING_ROW = "idnet-s1"
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=14, seed=3, size="small")
+    return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=12, seed=3, size="small")
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,7 @@ def test_a_failed_row_does_not_lose_the_others(experiment):
             assert "last.pt" in names and "done.json" not in names
         else:
             assert "done.json" in names and "metrics.json" in names, row_id
+            assert "best.pt" in names and "last.pt" not in names, row_id
     crashed = [
         r
         for r in csv.DictReader(experiment["comparison_after_crash"].splitlines())

@@ -27,9 +27,17 @@ def plot_roc(
     fig = _figure(size)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
-    for name, (fpr, tpr, auc) in curves.items():
+    # overlapping curves (equal models) stay visible: each later one thinner and dashed
+    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1))]
+    for i, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
         label = name if auc is None else f"{name} (AUC {auc:.3f})"
-        ax.plot(fpr, tpr, linewidth=2, label=label)
+        ax.plot(
+            fpr,
+            tpr,
+            linewidth=max(2.6 - 0.3 * i, 1.2),
+            linestyle=styles[i % len(styles)],
+            label=label,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 − specificity")

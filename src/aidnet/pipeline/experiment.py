@@ -10,6 +10,7 @@ test scans. Layout of ``OUT``::
     rows/<row-id>/run/        training run (checkpoints, log, config, splits.csv)
     rows/<row-id>/eval/       predictions.csv, metrics.json, ROC and confusion PNGs
     rows/<row-id>/done.json   written atomically when the row is finished: a re-run skips it
+                              (and the row's last.pt, only needed to resume, is removed)
     comparison.csv/.json      one line per row, DeLong p vs AID-Net λ=0.001 of the strategy
     figures/                  ROC overlays (Fig. 5) and confusion matrices (Fig. 4) per strategy
     gallery/                  Grad-CAM / SAG overlays of test cases of AID-Net λ=0.001, strat. 2
@@ -125,8 +126,9 @@ def _settings(manifest: Path, config) -> dict[str, Any]:
     return {"manifest": str(manifest.resolve()), "config": out}
 
 
-def _prepare(out: Path, manifest: Path, config) -> dict[str, str]:
-    """Check or write experiment.json and the shared splits.csv; return the split."""
+def _prepare(out: Path, manifest: Path, config) -> tuple[dict[str, str], list]:
+    """Check or write experiment.json and the shared splits.csv; return the split and the
+    labelled scans."""
     from aidnet.data.splits import read_splits, split_subjects, write_splits
     from aidnet.training.loop import labelled_records
 
@@ -160,7 +162,7 @@ def _prepare(out: Path, manifest: Path, config) -> dict[str, str]:
         write_splits(split_file, assignment)
     if not saved_path.exists():
         write_text_atomic(saved_path, json.dumps(settings, indent=2))
-    return assignment
+    return assignment, records
 
 
 def _check_same_split(out: Path, run: Path) -> None:
@@ -226,6 +228,9 @@ def run_row(
         "n": metrics.get("n"),
     }
     write_text_atomic(row_dir / "done.json", json.dumps(done, indent=2))
+    # a finished row needs only best.pt: last.pt carries the optimiser state for resuming
+    # (three times the weights: about 1 GB for ResNet-101)
+    (run / "last.pt").unlink(missing_ok=True)
     return done
 
 
@@ -455,7 +460,7 @@ def run_experiment(
     selected = select_rows(rows)
     config = load_config(preset, epochs=epochs)
     check_input_size({r.model for r in selected}, config.input_size)
-    assignment = _prepare(out, manifest, config)
+    assignment, records = _prepare(out, manifest, config)
     for row in selected:  # a row folder from another split is refused before anything trains
         _check_same_split(out, out / "rows" / row.id / "run")
     failures: dict[str, str] = {}
@@ -502,6 +507,9 @@ def run_experiment(
         summary={
             "manifest": str(manifest),
             "subjects": f"{len(assignment)} ({n_test} in the test split, shared by every row)",
+            "labelled scans": f"{len(records)} (class 0 / 1–399 / ≥400: "
+            + " / ".join(str(sum(r.label == c for r in records)) for c in (0, 1, 2))
+            + ")",
             "preset": f"{config.preset}: input {tuple(config.input_size)} (Z, Y, X), "
             f"{config.epochs} epochs, lr {config.lr}, batch {config.batch_size}",
             "rows finished": f"{len(finished)} of {len(ROWS)}",
