@@ -120,6 +120,7 @@ def test_comparison_and_localisation_tables(tmp_path):
     assert "Grad-CAM" in text and "SAG attention" in text
     assert "0.410 / 0.380" in text and "0.050 / 0.070" in text
     assert "No voxel labels" not in text
+    assert "within 5 mm of coronary calcium" in text and "within 10 mm" in text
     assert [r["map"] for r in loc] == ["Grad-CAM", "SAG attention"]
     assert localisation_rows({}) == []
 

@@ -60,6 +60,10 @@ def _ci(metrics: dict, key: str) -> str:
     return text.replace(" (", " (95% CI ", 1) if "(" in text else text
 
 
+def _mm(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):g}"
+
+
 def _p_value(p: float | None) -> str:
     if p is None:
         return "—"
@@ -286,9 +290,9 @@ def write_report(
         radii = localisation[0]
         parts.append(
             "<p class='muted'>CAC-positive scans only. Pointing game: the heat map's maximum lies "
-            f"within {_fmt(radii.get('hit_radius_mm'))} mm of coronary calcium (95% Wilson "
+            f"within {_mm(radii.get('hit_radius_mm'))} mm of coronary calcium (95% Wilson "
             "interval). Mass shares: share of the heat map within "
-            f"{_fmt(radii.get('mass_radius_mm'))} mm of coronary calcium, and of non-coronary "
+            f"{_mm(radii.get('mass_radius_mm'))} mm of coronary calcium, and of non-coronary "
             "calcium (bone, aorta, valves).</p>"
         )
     else:
