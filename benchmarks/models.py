@@ -10,7 +10,7 @@ fresh spawned process (so peak memory is that model's alone), on this machine's 
 - the peak resident memory of the process while doing both (VmHWM, Linux).
 
 Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
-way. With a CUDA device, also pairs per second for AID-Net with mixed precision.
+way. ``bench_models_gpu``: training pairs per second on a CUDA device, fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODELS = ("aidnet", "resnet101", "densenet121")
 PAPER_FEATURES = (32, 64, 128, 256)
 
 
-def _step_functions(name: str, device: str = "cpu", amp: bool = False):
+def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: int = 1):
     import torch
 
     from aidnet.losses import PairLoss
@@ -36,9 +36,9 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False):
     torch.manual_seed(0)
     model = build_model(name, num_classes=3, features=PAPER_FEATURES, dropout=0.2).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scan = torch.rand(1, 2, *PAPER_SIZE, device=device)
-    rescan = torch.rand(1, 2, *PAPER_SIZE, device=device)
-    labels = torch.tensor([2], device=device)
+    scan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
+    rescan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
+    labels = torch.full((pairs,), 2, device=device)
     pair_loss = PairLoss(0.001)
     dtype = torch.bfloat16 if amp else None
 
@@ -60,7 +60,7 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False):
     @torch.no_grad()
     def infer_scan() -> None:
         model.eval()
-        model.forward_single(scan)
+        model.forward_single(scan[:1])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
@@ -105,16 +105,30 @@ def _in_child(name: str, repeats: int) -> dict:
     return result
 
 
-def _gpu_pairs_per_second(repeats: int) -> dict | None:
+def bench_models_gpu(repeats: int) -> dict:
+    """Training pairs per second on the first CUDA device, fp32 and bf16 autocast, for one pair
+    per step (the paper's batch 2 is two pairs) and for 8 pairs per step (throughput)."""
     import torch
 
     if not torch.cuda.is_available():
-        return None
-    out = {"device": torch.cuda.get_device_name(0)}
-    for amp in (False, True):
-        train_pair, _, _ = _step_functions("aidnet", "cuda", amp=amp)
-        timing = _median_runs(train_pair, repeats)
-        out["bf16" if amp else "fp32"] = {**timing, "pairs_per_s": 1.0 / timing["median"]}
+        return {"skipped": "no CUDA device"}
+    repeats = max(repeats, 5)
+    torch.backends.cudnn.benchmark = True
+    out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    for name in MODELS:
+        out[name] = {}
+        for pairs in (1, 8):
+            for amp in (False, True):
+                torch.cuda.reset_peak_memory_stats()
+                train_pair, _, _ = _step_functions(name, "cuda", amp=amp, pairs=pairs)
+                timing = _median_runs(train_pair, repeats)
+                out[name][f"{'bf16' if amp else 'fp32'}_{pairs}_pairs"] = {
+                    **timing,
+                    "pairs_per_s": pairs / timing["median"],
+                    "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20,
+                }
+                del train_pair
+                torch.cuda.empty_cache()
     return out
 
 
@@ -133,6 +147,5 @@ def bench_models(repeats: int) -> dict:
         "input_size": list(PAPER_SIZE),
         "aidnet_features": list(PAPER_FEATURES),
         "models": results,
-        "gpu_aidnet": _gpu_pairs_per_second(repeats),
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
-from benchmarks.models import bench_models
+from benchmarks.models import bench_models, bench_models_gpu
 from benchmarks.preprocess import bench_preprocess
 
 
@@ -64,6 +64,7 @@ BENCHES = {
     "agatston": bench_agatston,
     "preprocess": bench_preprocess,
     "models": bench_models,
+    "models_gpu": bench_models_gpu,
     "cohort_workers": bench_cohort_workers,
     "cohort_resume": lambda repeats: bench_cohort_resume(),
 }

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -254,6 +255,24 @@ def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
     assert pair["disagreement"] == (
         pair["scans"][0]["predicted_class"] != pair["scans"][1]["predicted_class"]
     )
+    # heat maps of each input on its own grid and affine, named scan/rescan (never the file name)
+    import nibabel as nib
+
+    from aidnet.io.read import read_volume
+
+    assert pair["scans"][1]["heatmaps"]["gradcam"] == "rescan_gradcam.nii.gz"
+    for key, record in (("scan", scan), ("rescan", rescan)):
+        for name in ("gradcam", "attention"):
+            image = nib.load(tmp_path / "pair" / f"{key}_{name}.nii.gz")
+            source = nib.load(record.path)
+            assert image.shape == source.shape
+            np.testing.assert_allclose(image.affine, source.affine, atol=1e-4)
+            values = np.asarray(image.dataobj)
+            assert values.min() >= 0 and values.max() <= 1
+            assert (tmp_path / "pair" / f"{key}_{name}.png").stat().st_size > 1000
+    assert read_volume(tmp_path / "pair" / "scan_gradcam.nii.gz").shape == read_volume(
+        scan.path
+    ).shape
 
 
 def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
@@ -287,26 +306,27 @@ def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
 
 
 def test_predict_on_a_head_names_the_file(cohort, cache, tmp_path, head_ct):
+    from aidnet.data.manifest import read_manifest
     from aidnet.io.nifti import write_nifti
 
     run = tmp_path / "run"
     train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
     head = tmp_path / "head.nii.gz"
     write_nifti(head_ct.array.astype("int16"), head_ct.affine, head)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app, ["predict", "--checkpoint", str(run), str(head), "--out", str(out)]
-    )
-    assert result.exit_code == 2
-    assert result.output.strip() == f"aidnet: error: {head}: no lungs found" or (
-        result.output.startswith(f"aidnet: error: {head}: no lungs found")
-    ), result.output
-    assert not out.exists()
+    good = str(read_manifest(cohort)[0].path)
+    for inputs in ([str(head)], [good, str(head)]):  # alone, and as the rescan of a good scan
+        out = tmp_path / f"out{len(inputs)}"
+        result = CliRunner().invoke(
+            app, ["predict", "--checkpoint", str(run), *inputs, "--out", str(out)]
+        )
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"aidnet: error: {head}: no lungs found")
+        assert not out.exists()  # not even the good scan's heat maps
 
 
 def test_augmentation_shifts_but_never_mirrors(tmp_path):
     """The heart is on the left: augmentation moves a scan by a few voxels, never flips it."""
-    import numpy as np
 
     from aidnet.data.cache import save_cached
     from aidnet.data.datasets import Item, PairDataset

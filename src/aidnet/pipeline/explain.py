@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aidnet.data.cache import CachedScan, load_cached
+from aidnet.data.cache import load_cached
 from aidnet.data.datasets import Item
 from aidnet.data.manifest import ScanRecord
+from aidnet.io.volume import Volume
 from aidnet.pipeline.common import (
     Trained,
     cached_items,
@@ -26,13 +27,15 @@ from aidnet.preprocess.geometry import CropGeometry
 LABEL_COLUMN = "label_path"
 
 
-def original_maps(trained: Trained, cached: CachedScan) -> dict[str, np.ndarray]:
-    """Grad-CAM (and the SAG attention map) of one cached scan, mapped back through its
-    :class:`CropGeometry` to the original canonical grid: float32 in [0, 1], high = important."""
+def original_maps(
+    trained: Trained, image: np.ndarray, geometry: CropGeometry
+) -> dict[str, np.ndarray]:
+    """Grad-CAM (and the SAG attention map) of one network input ``image`` (2×Z×Y×X), mapped
+    back through its :class:`CropGeometry` to the original canonical grid: float32 in [0, 1],
+    high = important."""
     from aidnet.explain.gradcam import network_maps
 
-    geometry = CropGeometry.from_dict(cached.geometry)
-    x = torch.from_numpy(cached.image)[None]
+    x = torch.from_numpy(image)[None]
     return {
         name: geometry.to_original(net_map).astype(np.float32)
         for name, net_map in network_maps(trained.model, x).items()
@@ -80,7 +83,9 @@ def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
-    return localisation_rows(item.record, original_maps(trained, cached), labels, geometry)
+    return localisation_rows(
+        item.record, original_maps(trained, cached.image, geometry), labels, geometry
+    )
 
 
 def localisation_summary(rows: list[dict]) -> dict:
@@ -91,25 +96,37 @@ def localisation_summary(rows: list[dict]) -> dict:
     return {name: summarise([r["score"] for r in rows if r["map"] == name]) for name in names}
 
 
-def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = None) -> dict:
-    """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
-    overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
-    (under ``localisation``)."""
+def write_maps(
+    maps: dict[str, np.ndarray], geometry: CropGeometry, volume: Volume, out: Path, key: str
+) -> dict[str, Path]:
+    """Each map (on the original canonical grid) as ``out/<key>_<name>.nii.gz`` on the input
+    file's own grid and affine, and as ``out/<key>_<name>.png`` (slices through its peak)."""
     from aidnet.explain.overlay import save_overlay_png
     from aidnet.io.nifti import write_nifti
-    from aidnet.io.read import read_volume
 
-    cached = load_cached(item.cache)
-    geometry = CropGeometry.from_dict(cached.geometry)
-    maps = original_maps(trained, cached)
-    volume = read_volume(item.record.path)
-    key = item.record.key
-    written: dict = {"key": key}
+    written: dict[str, Path] = {}
     for name, original in maps.items():
         written[name] = write_nifti(*geometry.to_source(original), out / f"{key}_{name}.nii.gz")
         png = out / f"{key}_{name}.png"
         save_overlay_png(volume.array, original, volume.spacing, png, title=f"{key} — {name}")
         written[f"{name}_png"] = png
+    return written
+
+
+def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = None) -> dict:
+    """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
+    overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
+    (under ``localisation``)."""
+    from aidnet.io.read import read_volume
+
+    cached = load_cached(item.cache)
+    geometry = CropGeometry.from_dict(cached.geometry)
+    maps = original_maps(trained, cached.image, geometry)
+    key = item.record.key
+    written: dict = {
+        "key": key,
+        **write_maps(maps, geometry, read_volume(item.record.path), out, key),
+    }
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
         written["localisation"] = localisation_rows(item.record, maps, labels, geometry)

@@ -1,4 +1,4 @@
-"""``aidnet predict``: raw CT file(s) in, ``prediction.json`` out.
+"""``aidnet predict``: raw CT file(s) in, ``prediction.json`` and heat maps out.
 
 One scan goes through one path of the network (both paths share their weights); with a rescan,
 both go through and their class probabilities are averaged, and a disagreement between the two
@@ -8,6 +8,7 @@ scans' predicted classes is flagged (in a scan–rescan pair the calcium should 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from aidnet.errors import AidnetError
+from aidnet.io.volume import Volume
 from aidnet.pipeline.common import Trained, load_trained
+from aidnet.preprocess.geometry import CropGeometry
 
 CLASS_NAMES = {2: ["no CAC", "CAC"], 3: ["0", "1-399", ">=400"]}
 
@@ -28,10 +31,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_probabilities(trained: Trained, path: Path) -> np.ndarray:
-    """Read, preprocess and classify one scan: its class probabilities."""
+@dataclass
+class Explained:
+    """One scan's class probabilities and heat maps (on the original canonical grid)."""
+
+    probs: np.ndarray
+    maps: dict[str, np.ndarray]
+    geometry: CropGeometry
+    volume: Volume
+
+
+def explain_scan(trained: Trained, path: Path) -> Explained:
+    """Read, preprocess and classify one scan, with its Grad-CAM (and SAG attention) map."""
     from aidnet.evaluation.metrics import class_probs
     from aidnet.io.read import read_volume
+    from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess import PreprocessConfig, preprocess_volume
 
     volume = read_volume(path)
@@ -43,12 +57,15 @@ def scan_probabilities(trained: Trained, path: Path) -> np.ndarray:
         raise AidnetError(f"{path}: {exc}") from None
     with torch.no_grad():
         logits = trained.model.forward_single(torch.from_numpy(sample.image)[None]).logits
-    return class_probs(logits)[0].numpy().astype(np.float64)
+    probs = class_probs(logits)[0].numpy().astype(np.float64)
+    maps = original_maps(trained, sample.image, sample.geometry)
+    return Explained(probs, maps, sample.geometry, volume)
 
 
 def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, Any]:
     """Predict one scan or a scan–rescan pair and write ``out/prediction.json``."""
     from aidnet.evaluation.predictions import class_columns, write_metrics_json
+    from aidnet.pipeline.explain import write_maps
 
     if not 1 <= len(scans) <= 2:
         raise AidnetError("give one scan, or a scan and its rescan")
@@ -56,14 +73,22 @@ def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, A
     for scan in scans:
         if not scan.exists():
             raise AidnetError(f"{scan}: file not found")
-    probs = [scan_probabilities(trained, scan) for scan in scans]
+    explained = [explain_scan(trained, scan) for scan in scans]  # all read before any write
+    out.mkdir(parents=True, exist_ok=True)
+    # file names say scan/rescan, never the input's name (it may hold a patient's name)
+    heatmaps = [
+        write_maps(e.maps, e.geometry, e.volume, out, key)
+        for e, key in zip(explained, ("scan", "rescan"), strict=False)
+    ]
+    probs = [e.probs for e in explained]
     names = CLASS_NAMES[trained.num_classes]
     per_scan = []
-    for scan, p in zip(scans, probs, strict=True):
+    for scan, p, files in zip(scans, probs, heatmaps, strict=True):
         columns = class_columns(p)
         per_scan.append(
             {
                 "input": str(scan),
+                "heatmaps": {name: path.name for name, path in files.items()},
                 "p_cac": columns["p_cac"],
                 "class_probabilities": dict(zip(names, p.tolist(), strict=True)),
                 "predicted_class": columns["predicted"],
@@ -86,6 +111,5 @@ def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, A
         "checkpoint": str(trained.path),
         "checkpoint_sha256": file_sha256(trained.path),
     }
-    out.mkdir(parents=True, exist_ok=True)
     write_metrics_json(out / "prediction.json", result)
     return result
