@@ -164,7 +164,8 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
     assert [w["key"] for w in written] == [record.key]
 
     source, source_affine = ct.to_source(ct.array)
-    for name in ("gradcam", "attention"):
+    maps = ("gradcam", "attention", "gradcam_calcium", "attention_calcium")
+    for name in maps:
         path = out / f"{record.key}_{name}.nii.gz"
         raw = nib.load(path)  # the file itself: the input's own voxel order and affine
         assert raw.shape == source.shape[::-1]
@@ -190,7 +191,10 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
             wrong.append(flipped)
         for point in wrong:
             assert nearest_distance_mm(point, coronary, ct.spacing) > 5.0, (name, point)
+        if name.endswith("_calcium"):  # only on the scan's calcium candidates, peak 1 on one
+            assert heat.array.max() == pytest.approx(1.0)
+            assert ct.array[peak] > 130 and np.all(heat.array[ct.array <= 130] == 0)
     with (out / "localisation.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["map"]: r["hit"] for r in rows} == {"gradcam": "1", "attention": "1"}
+    assert {r["map"]: r["hit"] for r in rows} == dict.fromkeys(maps, "1")
     assert all(r["subject"] == record.subject and r["visit"] == record.visit for r in rows)

@@ -276,7 +276,7 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     n = len(positive)
     saved = json.loads((out / "metrics.json").read_text())["localisation"]
     assert saved == json.loads(json.dumps(metrics["localisation"]))
-    assert set(saved) == {"gradcam", "attention"}
+    assert set(saved) == {"gradcam", "attention", "gradcam_calcium", "attention_calcium"}
     for summary in saved.values():
         assert set(summary) == {
             "n",
@@ -296,7 +296,7 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
         assert (summary["hit_radius_mm"], summary["mass_radius_mm"]) == (5.0, 10.0)
     with (out / "localisation.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * n
+    assert len(rows) == 4 * n
     assert list(rows[0]) == [
         "subject",
         "visit",

@@ -160,3 +160,27 @@ def test_geometry_maps_back_to_the_input_files_own_grid(tmp_path, chest):
     write_nifti(*geometry.to_source(geometry.to_original(sample.image[1])), tmp_path / "m.nii")
     written = nib.load(tmp_path / "m.nii")
     assert written.shape == ras.shape and np.allclose(written.affine, affine)
+
+
+def test_calcium_candidates_are_the_calcium_channel_on_the_scan_grid():
+    """What explanations point at is exactly what the network's calcium channel was made of."""
+    from aidnet.phantom import render_pair
+    from aidnet.preprocess import calcium_candidates, preprocess_volume
+    from aidnet.preprocess.resample import resample_max
+
+    volume, labels, _ = render_pair(5, "small", 2)[0]
+    size = (16, 24, 32)
+    sample = preprocess_volume(volume, size)
+    candidates = calcium_candidates(volume, size)
+    assert candidates.shape == volume.shape and candidates.dtype == bool
+    z0, z1, y0, y1, x0, x1 = sample.geometry.crop_box
+    assert not candidates[:z0].any() and not candidates[:, :, x1:].any()
+    inside = candidates[z0:z1, y0:y1, x0:x1]
+    np.testing.assert_array_equal(inside, sample.calcium)
+    np.testing.assert_allclose(resample_max(inside, size), sample.image[1], atol=1e-6)
+    assert np.all(volume.array[candidates] > 130)
+    from aidnet.lung import segment_lungs
+
+    assert not candidates[segment_lungs(volume) != 0].any()  # never in the lungs
+    coronary = labels == 1
+    assert candidates[coronary].mean() > 0.5  # the plaques are candidates

@@ -21,7 +21,7 @@ import numpy as np
 from aidnet.atomic import atomic_path
 from aidnet.data.manifest import ScanRecord
 from aidnet.errors import AidnetError
-from aidnet.preprocess.config import PreprocessConfig
+from aidnet.preprocess.config import PreprocessConfig, as_config
 
 if TYPE_CHECKING:
     from aidnet.data.job import Job
@@ -44,16 +44,6 @@ class CohortResult:
     done: dict[str, Path]
     failures: dict[str, str]
     reused: int = 0
-
-
-def as_config(config: PreprocessConfig | tuple[int, int, int]) -> PreprocessConfig:
-    """A :class:`PreprocessConfig`, built with defaults when only the network size is given."""
-    if isinstance(config, PreprocessConfig):
-        return config
-    try:
-        return PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise AidnetError(str(exc)) from None
 
 
 def _input_fingerprint(path: Path) -> str:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _normalise(cam: torch.Tensor) -> np.ndarray:
-    cam = cam.detach().float()
+def normalise(cam: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Min–max to [0, 1], float32 (high stays high); a flat or non-finite map becomes zeros."""
+    cam = torch.as_tensor(cam).detach().float()
     low, high = float(cam.min()), float(cam.max())
     if not np.isfinite(high) or high - low <= 1e-12:
         return np.zeros(cam.shape, dtype=np.float32)
@@ -45,11 +46,11 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
         cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
         size = tuple(x.shape[2:])
         cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
-        maps = {"gradcam": _normalise(cam[0, 0])}
+        maps = {"gradcam": normalise(cam[0, 0])}
         if out.attention is not None:
             att = out.attention.detach().float()
             att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)
-            maps["attention"] = _normalise(att[0, 0])
+            maps["attention"] = normalise(att[0, 0])
     finally:
         model.train(was_training)
     return maps

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aidnet.data.cache import load_cached
+from aidnet.data.cache import CachedScan, load_cached
 from aidnet.data.datasets import Item
 from aidnet.data.manifest import ScanRecord
 from aidnet.io.volume import Volume
@@ -28,18 +28,41 @@ LABEL_COLUMN = "label_path"
 
 
 def original_maps(
-    trained: Trained, image: np.ndarray, geometry: CropGeometry
+    trained: Trained,
+    image: np.ndarray,
+    geometry: CropGeometry,
+    calcium: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Grad-CAM (and the SAG attention map) of one network input ``image`` (2×Z×Y×X), mapped
     back through its :class:`CropGeometry` to the original canonical grid: float32 in [0, 1],
-    high = important."""
-    from aidnet.explain.gradcam import network_maps
+    high = important.
+
+    With ``calcium`` (the scan's calcium candidates on that grid, see
+    :func:`aidnet.preprocess.calcium_candidates`) each map also comes as ``<name>_calcium``:
+    the map on those voxels only, rescaled to a maximum of 1. The network sees the scene at a
+    few millimetres per voxel and its last feature map is 8 times coarser still, so the plain
+    map marks a region; the calcium map marks which calcifications in that region weigh most.
+    """
+    from aidnet.explain.gradcam import network_maps, normalise
 
     x = torch.from_numpy(image)[None]
-    return {
+    maps = {
         name: geometry.to_original(net_map).astype(np.float32)
         for name, net_map in network_maps(trained.model, x).items()
     }
+    if calcium is not None:
+        for name in list(maps):
+            maps[f"{name}_calcium"] = normalise(maps[name] * calcium)
+    return maps
+
+
+def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume) -> np.ndarray:
+    """The calcium candidates of a cached scan, recomputed on its original grid."""
+    from aidnet.preprocess import calcium_candidates
+    from aidnet.preprocess.config import config_from_dict
+
+    config = config_from_dict(cached.config, geometry.network_shape)
+    return calcium_candidates(volume, config)
 
 
 def label_path_of(record: ScanRecord, base: Path) -> Path | None:
@@ -78,14 +101,16 @@ def localisation_rows(
 
 def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
     """Score one scan's maps against its label map; [] without coronary calcium labels."""
+    from aidnet.io.read import read_volume
+
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
-    return localisation_rows(
-        item.record, original_maps(trained, cached.image, geometry), labels, geometry
-    )
+    calcium = scan_calcium(cached, geometry, read_volume(item.record.path))
+    maps = original_maps(trained, cached.image, geometry, calcium)
+    return localisation_rows(item.record, maps, labels, geometry)
 
 
 def localisation_summary(rows: list[dict]) -> dict:
@@ -121,12 +146,10 @@ def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = No
 
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
-    maps = original_maps(trained, cached.image, geometry)
+    volume = read_volume(item.record.path)
+    maps = original_maps(trained, cached.image, geometry, scan_calcium(cached, geometry, volume))
     key = item.record.key
-    written: dict = {
-        "key": key,
-        **write_maps(maps, geometry, read_volume(item.record.path), out, key),
-    }
+    written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
         written["localisation"] = localisation_rows(item.record, maps, labels, geometry)

@@ -47,6 +47,7 @@ def explain_scan(trained: Trained, path: Path) -> Explained:
     from aidnet.io.read import read_volume
     from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess import PreprocessConfig, preprocess_volume
+    from aidnet.preprocess.sample import on_original_grid
 
     volume = read_volume(path)
     try:
@@ -58,7 +59,8 @@ def explain_scan(trained: Trained, path: Path) -> Explained:
     with torch.no_grad():
         logits = trained.model.forward_single(torch.from_numpy(sample.image)[None]).logits
     probs = class_probs(logits)[0].numpy().astype(np.float64)
-    maps = original_maps(trained, sample.image, sample.geometry)
+    calcium = on_original_grid(sample.calcium, sample.geometry.crop_box, volume.shape)
+    maps = original_maps(trained, sample.image, sample.geometry, calcium)
     return Explained(probs, maps, sample.geometry, volume)
 
 

@@ -13,13 +13,14 @@ from aidnet.preprocess.config import PreprocessConfig
 
 if TYPE_CHECKING:
     from aidnet.preprocess.geometry import CropGeometry
-    from aidnet.preprocess.sample import Sample, preprocess_volume
+    from aidnet.preprocess.sample import Sample, calcium_candidates, preprocess_volume
 
-__all__ = ["CropGeometry", "PreprocessConfig", "Sample", "preprocess_volume"]
+__all__ = ["CropGeometry", "PreprocessConfig", "Sample", "calcium_candidates", "preprocess_volume"]
 _WHERE = {
     "CropGeometry": "aidnet.preprocess.geometry",
     "Sample": "aidnet.preprocess.sample",
     "preprocess_volume": "aidnet.preprocess.sample",
+    "calcium_candidates": "aidnet.preprocess.sample",
 }
 
 

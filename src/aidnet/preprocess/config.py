@@ -40,3 +40,24 @@ class PreprocessConfig:
         """Short hash of the settings and the algorithm version (changes when either does)."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def as_config(config: PreprocessConfig | tuple[int, int, int]) -> PreprocessConfig:
+    """A :class:`PreprocessConfig`, built with defaults when only the network size is given."""
+    from aidnet.errors import AidnetError
+
+    if isinstance(config, PreprocessConfig):
+        return config
+    try:
+        return PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise AidnetError(str(exc)) from None
+
+
+def config_from_dict(data: dict, size: tuple[int, int, int]) -> PreprocessConfig:
+    """The :class:`PreprocessConfig` recorded in a cache file (``to_dict``); ``size`` when the
+    record is empty (files from before configs were recorded)."""
+    names = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    known = {k: v for k, v in data.items() if k in names}
+    known.setdefault("size", size)
+    return PreprocessConfig(**known)

@@ -12,7 +12,7 @@ from aidnet.io.volume import Volume
 from aidnet.lung import lung_hull, segment_lungs
 from aidnet.lung.grid import block_any, upsample_nearest, working_factors
 from aidnet.lung.segment import check_finite
-from aidnet.preprocess.config import PreprocessConfig
+from aidnet.preprocess.config import PreprocessConfig, as_config
 from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.resample import resample_max, resample_mean
 
@@ -21,10 +21,12 @@ HU_LOW, HU_HIGH, CALCIUM_HU = -200.0, 600.0, 130.0
 
 @dataclass
 class Sample:
-    """Network input ``image`` (2, Z, Y, X) float32 and where it sits in the scan."""
+    """Network input ``image`` (2, Z, Y, X) float32 and where it sits in the scan; ``calcium``
+    is the calcium channel before resampling, on the crop box of the scan's grid (bool)."""
 
     image: np.ndarray
     geometry: CropGeometry
+    calcium: np.ndarray
 
 
 def lung_box(
@@ -86,16 +88,50 @@ def preprocess_volume(
        channel 1 takes its maximum (small plaques survive downsampling); axes that grow are
        interpolated linearly. Both channels are float32 in [0, 1].
     """
+    config = as_config(config)
+    box, ct, calcium = _region_of_interest(volume, config, lungs)
+    image = np.stack([resample_mean(ct, config.size), resample_max(calcium, config.size)])
+    np.clip(image, 0.0, 1.0, out=image)
+    geometry = CropGeometry(
+        original_shape=volume.shape,
+        original_affine=np.asarray(volume.affine).tolist(),
+        crop_box=box,
+        network_shape=config.size,
+        source=volume.source,
+    )
+    return Sample(image=image.astype(np.float32, copy=False), geometry=geometry, calcium=calcium)
+
+
+def calcium_candidates(
+    volume: Volume,
+    config: PreprocessConfig | tuple[int, int, int],
+    lungs: np.ndarray | None = None,
+) -> np.ndarray:
+    """The voxels the network's calcium channel is made of, on the scan's grid (bool): HU > 130
+    inside the lungs' bounding box, outside the lungs and inside their dilated hull, without
+    in-plane components under 1 mm². Explanations use it to point at calcifications."""
+    box, _, calcium = _region_of_interest(volume, as_config(config), lungs)
+    return on_original_grid(calcium, box, volume.shape)
+
+
+def on_original_grid(
+    crop_mask: np.ndarray, box: tuple[int, ...], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """A mask on the crop box → the same mask on the whole scan grid (False outside the box)."""
+    out = np.zeros(shape, dtype=bool)
+    z0, z1, y0, y1, x0, x1 = box
+    out[z0:z1, y0:y1, x0:x1] = crop_mask
+    return out
+
+
+def _region_of_interest(
+    volume: Volume, config: PreprocessConfig, lungs: np.ndarray | None
+) -> tuple[tuple[int, int, int, int, int, int], np.ndarray, np.ndarray]:
+    """Steps 1–3 of :func:`preprocess_volume`: the crop box and both channels on the crop grid."""
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise AidnetError(f"expected a 3-D volume, got an array of shape {array.shape}")
     check_finite(array)
-    if not isinstance(config, PreprocessConfig):
-        try:
-            config = PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
-            raise AidnetError(str(exc)) from None
-    size = config.size
     if lungs is None:
         lungs = segment_lungs(volume)
     elif lungs.shape != array.shape:
@@ -112,13 +148,4 @@ def preprocess_volume(
     )
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
     ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
-    image = np.stack([resample_mean(ct, size), resample_max(calcium, size)])
-    np.clip(image, 0.0, 1.0, out=image)
-    geometry = CropGeometry(
-        original_shape=volume.shape,
-        original_affine=np.asarray(volume.affine).tolist(),
-        crop_box=box,
-        network_shape=size,
-        source=volume.source,
-    )
-    return Sample(image=image.astype(np.float32, copy=False), geometry=geometry)
+    return box, ct, calcium
