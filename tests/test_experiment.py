@@ -27,11 +27,10 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory):
-    """The tiny preset at 32 voxels a side (DenseNet-121 needs >= 32 per axis), a test split
-    large enough to hold both classes."""
-    config = load_config("tiny", input_size=(32, 32, 32), test_fraction=0.3, val_fraction=0.2)
-    path = tmp_path_factory.mktemp("preset") / "tiny32.yaml"
-    save_config(dataclasses.replace(config, preset="tiny32"), path)
+    """The tiny preset with a test split large enough to hold both classes."""
+    config = load_config("tiny", test_fraction=0.3, val_fraction=0.2)
+    path = tmp_path_factory.mktemp("preset") / "tiny-split.yaml"
+    save_config(dataclasses.replace(config, preset="tiny-split"), path)
     return path
 
 
@@ -233,10 +232,12 @@ def test_bad_input_is_one_line(cohort, tmp_path):
         "aidnet-l0.001-s2",
     )
     _one_line_error(run("--manifest", cohort, "--preset", "huge"), "not a preset")
-    # the tiny preset's 16-voxel axis is too small for DenseNet-121: refused before training
+    # 8 voxels along Z are too few for five encoder stages: refused before training
+    flat = tmp_path / "flat.yaml"
+    config = load_config("tiny", input_size=(8, 24, 32))
+    save_config(dataclasses.replace(config, preset="f", features=(4, 8, 16, 32, 64)), flat)
     _one_line_error(
-        run("--manifest", cohort, "--preset", "tiny", "--rows", "densenet121-s1"),
-        "DenseNet-121 cannot take",
+        run("--manifest", cohort, "--preset", flat, "--rows", "idnet-s1"), "ID-Net cannot take"
     )
     assert not (tmp_path / "x").exists()
 

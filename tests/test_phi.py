@@ -192,7 +192,8 @@ def test_no_identifier_in_any_output(identified_cohort, tmp_path):
         assert expected in names, expected
     assert any(n.startswith("run/cache/qc/") for n in names)
     assert any(n.startswith("run/cache/") and n.endswith(".npz") for n in names)
-    assert sum(n.endswith("_gradcam.nii.gz") for n in names) == 3
+    assert sum(n.startswith("outputs/maps/") and n.endswith("_gradcam.nii.gz") for n in names) == 3
+    assert {"outputs/scan_gradcam.nii.gz", "outputs/rescan_gradcam.nii.gz"} <= names  # predict
     assert leaks(tmp_path) == []
     low = "\n".join(printed).lower()
     assert not [needle for needle in NEEDLES if needle.lower() in low]

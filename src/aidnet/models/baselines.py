@@ -7,6 +7,7 @@ expose the same ``forward_single`` / ``forward`` API as :class:`~aidnet.models.A
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aidnet.models.aidnet import SingleOutput
@@ -14,6 +15,7 @@ from aidnet.models.aidnet import SingleOutput
 
 class _SingleScanModel(nn.Module):
     siamese: bool = False
+    min_size: int = 1  # voxels per spatial axis the architecture needs
     dropout: nn.Dropout
     classifier: nn.Linear
 
@@ -21,7 +23,17 @@ class _SingleScanModel(nn.Module):
         raise NotImplementedError
 
     def forward_single(self, x: Tensor) -> SingleOutput:
-        """One batch of scans through the network; ``features`` is the map before pooling."""
+        """One batch of scans through the network; ``features`` is the map before pooling.
+
+        An axis shorter than ``min_size`` is zero-padded on both sides (0 is the input's empty
+        value), so small presets run; heat maps of such inputs are then slightly approximate.
+        """
+        pad: list[int] = []
+        for n in reversed(x.shape[2:]):
+            extra = max(self.min_size - int(n), 0)
+            pad += [extra // 2, extra - extra // 2]
+        if any(pad):
+            x = F.pad(x, pad)
         features = self._features(x.contiguous(memory_format=torch.channels_last_3d))
         logits = self.classifier(self.dropout(features.mean(dim=(2, 3, 4))))
         return SingleOutput(logits=logits, features=features, attention=None)
@@ -37,8 +49,10 @@ class ResNet101Baseline(_SingleScanModel):
     """3-D ResNet-101 baseline (paper §3), MONAI ``resnet101``, ``pretrained=False``.
 
     ``features`` is accepted for a uniform constructor and ignored (the architecture is fixed).
-    Inputs need each spatial axis >= 16 voxels.
+    Shorter axes than 16 voxels are zero-padded to 16.
     """
+
+    min_size = 16
 
     def __init__(
         self,
@@ -74,9 +88,11 @@ class DenseNet121Baseline(_SingleScanModel):
     """3-D DenseNet-121 baseline (paper §3), MONAI ``DenseNet121``, ``pretrained=False``.
 
     ``features`` is the ReLU'd output of the dense blocks (MONAI's Grad-CAM layer
-    ``class_layers.relu``). ``features`` (the argument) is ignored. Inputs need each spatial
-    axis >= 32 voxels.
+    ``class_layers.relu``). ``features`` (the argument) is ignored. Shorter axes than 32
+    voxels are zero-padded to 32.
     """
+
+    min_size = 32
 
     def __init__(
         self,

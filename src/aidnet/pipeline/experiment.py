@@ -97,7 +97,9 @@ def select_rows(names: list[str] | None) -> list[Row]:
     return [r for r in ROWS if r.id in wanted]
 
 
-def check_input_size(models: set[str], input_size: tuple[int, int, int]) -> None:
+def check_input_size(
+    models: set[str], input_size: tuple[int, int, int], features: tuple[int, ...]
+) -> None:
     """Refuse, before anything trains, a preset whose input a model cannot take (shapes only,
     on PyTorch's meta device: no memory, no arithmetic)."""
     import torch
@@ -106,7 +108,7 @@ def check_input_size(models: set[str], input_size: tuple[int, int, int]) -> None
 
     for name in sorted(models):
         with torch.device("meta"):
-            model = build_model(name, num_classes=3, features=(4, 8, 16)).eval()
+            model = build_model(name, num_classes=3, features=tuple(features)).eval()
             x = torch.zeros(1, 2, *input_size)
             try:
                 with torch.no_grad():
@@ -459,7 +461,7 @@ def run_experiment(
         raise AidnetError(f"{manifest}: manifest not found")
     selected = select_rows(rows)
     config = load_config(preset, epochs=epochs)
-    check_input_size({r.model for r in selected}, config.input_size)
+    check_input_size({r.model for r in selected}, config.input_size, config.features)
     assignment, records = _prepare(out, manifest, config)
     for row in selected:  # a row folder from another split is refused before anything trains
         _check_same_split(out, out / "rows" / row.id / "run")

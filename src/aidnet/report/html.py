@@ -32,7 +32,12 @@ GALLERY_KINDS = {
     "FP": "False positives (no CAC, called CAC)",
     "TN": "True negatives (no CAC, called no CAC)",
 }
-MAP_NAMES = {"gradcam": "Grad-CAM", "attention": "SAG attention"}
+MAP_NAMES = {
+    "gradcam": "Grad-CAM",
+    "attention": "SAG attention",
+    "gradcam_calcium": "Grad-CAM on calcium",
+    "attention_calcium": "SAG attention on calcium",
+}
 
 
 def _img(path: Path, alt: str) -> str:
