@@ -270,9 +270,9 @@ def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
             values = np.asarray(image.dataobj)
             assert values.min() >= 0 and values.max() <= 1
             assert (tmp_path / "pair" / f"{key}_{name}.png").stat().st_size > 1000
-    assert read_volume(tmp_path / "pair" / "scan_gradcam.nii.gz").shape == read_volume(
-        scan.path
-    ).shape
+    assert (
+        read_volume(tmp_path / "pair" / "scan_gradcam.nii.gz").shape == read_volume(scan.path).shape
+    )
 
 
 def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
