@@ -1,6 +1,6 @@
 """The networks at the paper's input size (2 × 64 × 128 × 192): training and inference cost.
 
-For AID-Net (paper features 32-64-128-256), ResNet-101 and DenseNet-121 (MONAI), each in a
+For AID-Net (the ``paper`` preset's widths), ResNet-101 and DenseNet-121 (MONAI), each in a
 fresh spawned process (so peak memory is that model's alone), on this machine's CPU threads:
 
 - one training step for one pair: forward and backward of both scans and the Adam step (for the
@@ -24,17 +24,20 @@ from benchmarks.preprocess import _status_mib
 
 PAPER_SIZE = (64, 128, 192)
 MODELS = ("aidnet", "resnet101", "densenet121")
-PAPER_FEATURES = (32, 64, 128, 256)
 
 
 def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: int = 1):
     import torch
 
+    from aidnet.config import load_config
     from aidnet.losses import PairLoss
     from aidnet.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(name, num_classes=3, features=PAPER_FEATURES, dropout=0.2).to(device)
+    paper = load_config("paper")
+    model = build_model(name, num_classes=3, features=paper.features, dropout=paper.dropout).to(
+        device
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
     rescan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
@@ -65,6 +68,12 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
             torch.cuda.synchronize()
 
     return train_pair, infer_scan, sum(p.numel() for p in model.parameters())
+
+
+def _paper_features() -> tuple[int, ...]:
+    from aidnet.config import load_config
+
+    return tuple(load_config("paper").features)
 
 
 def _median_runs(fn, repeats: int) -> dict:
@@ -145,7 +154,7 @@ def bench_models(repeats: int) -> dict:
         )
     return {
         "input_size": list(PAPER_SIZE),
-        "aidnet_features": list(PAPER_FEATURES),
+        "aidnet_features": list(_paper_features()),
         "models": results,
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }
