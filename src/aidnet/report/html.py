@@ -298,7 +298,8 @@ def write_report(
             f"within {_mm(radii.get('hit_radius_mm'))} mm of coronary calcium (95% Wilson "
             "interval). Mass shares: share of the heat map within "
             f"{_mm(radii.get('mass_radius_mm'))} mm of coronary calcium, and of non-coronary "
-            "calcium (bone, aorta, valves).</p>"
+            "calcium (label 2 of the label maps, e.g. aortic wall and valves). The "
+            "'on calcium' maps are the heat maps on the scan's calcium candidates only.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
