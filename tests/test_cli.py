@@ -336,8 +336,20 @@ def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
     import sys
     import time
 
+    from aidnet.data.manifest import read_manifest
+
+    # 48 scans (the six images under eight subject ids each): far more work than the moment the
+    # first file appears, so Ctrl-C lands mid-job even when this test process waits for a core
+    rows = ["subject,visit,path,agatston"]
+    for copy in range(8):
+        rows += [
+            f"C{copy}{r.subject},{r.visit},{r.path},{r.agatston}"
+            for r in read_manifest(phantom_cohort)
+        ]
+    manifest = tmp_path / "many.csv"
+    manifest.write_text("\n".join(rows) + "\n")
     cache = tmp_path / "cache"
-    command = [sys.executable, "-m", "aidnet.cli", "preprocess", str(phantom_cohort)]
+    command = [sys.executable, "-m", "aidnet.cli", "preprocess", str(manifest)]
     command += ["--out", str(cache), "--preset", "tiny", "--workers", "2"]
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
@@ -355,4 +367,6 @@ def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.rstrip().endswith("aidnet: interrupted; finished work is kept, re-run to resume")
-    assert all(p.suffix == ".npz" and not p.name.startswith(".") for p in cache.iterdir())
+    done = list(cache.iterdir())
+    assert all(p.suffix == ".npz" and not p.name.startswith(".") for p in done)
+    assert 1 <= len(done) < 48
