@@ -352,7 +352,14 @@ def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
     command = [sys.executable, "-m", "aidnet.cli", "preprocess", str(manifest)]
     command += ["--out", str(cache), "--preset", "tiny", "--workers", "2"]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+        # a shell that started this suite in the background made SIGINT ignored for everything
+        # below it; a terminal's Ctrl-C reaches a program with the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not (cache.is_dir() and finished_files(cache)) and time.monotonic() < deadline:
