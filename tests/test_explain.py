@@ -76,7 +76,8 @@ def test_overlay_png(tmp_path):
 
 class PlaqueNet(nn.Module):
     """Stand-in for a trained network: its feature map (and attention) is a Gaussian bump
-    (σ = 1.5 network voxels) centred on a given point of the network grid, whatever the input."""
+    (σ = 1.5 network voxels) centred on a given point of the network grid, its features
+    doubled on the input's calcium voxels (so the score depends on the input there)."""
 
     def __init__(self, size, centre):
         super().__init__()
@@ -87,7 +88,8 @@ class PlaqueNet(nn.Module):
         self.gain = nn.Parameter(torch.ones(()))
 
     def forward_single(self, x):
-        features = (self.bump * self.gain).expand(x.shape[0], 2, *self.bump.shape[2:])
+        bump = self.bump * self.gain * (1 + x[:, 1:2])
+        features = bump.expand(x.shape[0], 2, *self.bump.shape[2:])
         pooled = features.mean(dim=(2, 3, 4)).sum(1, keepdim=True)
         logits = torch.cat([-pooled, pooled, pooled], dim=1)
         return Out(logits, features, self.bump.expand(x.shape[0], 1, *self.bump.shape[2:]))
@@ -164,7 +166,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
     assert [w["key"] for w in written] == [record.key]
 
     source, source_affine = ct.to_source(ct.array)
-    maps = ("gradcam", "attention", "gradcam_calcium", "attention_calcium")
+    maps = ("gradcam", "gradcam_guided", "attention", "attention_calcium")
     for name in maps:
         path = out / f"{record.key}_{name}.nii.gz"
         raw = nib.load(path)  # the file itself: the input's own voxel order and affine
@@ -191,7 +193,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
             wrong.append(flipped)
         for point in wrong:
             assert nearest_distance_mm(point, coronary, ct.spacing) > 5.0, (name, point)
-        if name.endswith("_calcium"):  # only on the scan's calcium candidates, peak 1 on one
+        if name in ("gradcam_guided", "attention_calcium"):  # on calcium candidates only
             assert heat.array.max() == pytest.approx(1.0)
             assert ct.array[peak] > 130 and np.all(heat.array[ct.array <= 130] == 0)
     with (out / "localisation.csv").open() as fh:

@@ -224,7 +224,7 @@ class LookupNet:
         from aidnet.models.aidnet import SingleOutput
 
         bumps = torch.stack([self._bump(image) for image in x])
-        features = bumps.expand(-1, 2, -1, -1, -1) * self.gain
+        features = (bumps * (1 + x[:, 1:2])).expand(-1, 2, -1, -1, -1) * self.gain
         pooled = features.mean(dim=(2, 3, 4)).sum(1, keepdim=True)
         logits = torch.cat([-pooled, pooled, pooled], dim=1)
         return SingleOutput(logits=logits, features=features, attention=bumps)
@@ -276,7 +276,7 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     n = len(positive)
     saved = json.loads((out / "metrics.json").read_text())["localisation"]
     assert saved == json.loads(json.dumps(metrics["localisation"]))
-    assert set(saved) == {"gradcam", "attention", "gradcam_calcium", "attention_calcium"}
+    assert set(saved) == {"gradcam", "gradcam_guided", "attention", "attention_calcium"}
     for summary in saved.values():
         assert set(summary) == {
             "n",

@@ -32,21 +32,32 @@ def cac_score(logits: torch.Tensor) -> torch.Tensor:
 
 
 def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Grad-CAM (``gradcam``) and, for a model with a soft attention gate, its map
-    (``attention``) of one scan (x: 1×2×Z×Y×X), both on the input grid in [0, 1], from ONE
-    forward pass. Parameters get no gradient and the model's train/eval mode is restored."""
+    """The heat maps of one scan (x: 1×2×Z×Y×X) on the input grid, in [0, 1], from ONE forward
+    and one backward pass:
+
+    - ``gradcam``: Grad-CAM at the feature map before global average pooling;
+    - ``gradcam_guided``: Grad-CAM times the positive part of gradient × input (summed over
+      the input channels), the high-resolution "guided" Grad-CAM of Selvaraju et al. with
+      gradient × input in place of guided backpropagation: the coarse map says which region,
+      the input-gradient term which voxels in it the score depends on;
+    - ``attention``: the soft attention gate's map, for a model that has one.
+
+    Parameters get no gradient and the model's train/eval mode is restored.
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
             out = model.forward_single(x)
             features = out.features
-            (grads,) = torch.autograd.grad(cac_score(out.logits).sum(), features)
+            grads, input_grads = torch.autograd.grad(cac_score(out.logits).sum(), [features, x])
         weights = grads.mean(dim=(2, 3, 4), keepdim=True)
         cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
         size = tuple(x.shape[2:])
         cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
-        maps = {"gradcam": normalise(cam[0, 0])}
+        evidence = F.relu((input_grads.float() * x.detach().float()).sum(dim=1, keepdim=True))
+        maps = {"gradcam": normalise(cam[0, 0]), "gradcam_guided": normalise((cam * evidence)[0, 0])}
         if out.attention is not None:
             att = out.attention.detach().float()
             att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)

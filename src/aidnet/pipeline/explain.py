@@ -33,15 +33,16 @@ def original_maps(
     geometry: CropGeometry,
     calcium: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Grad-CAM (and the SAG attention map) of one network input ``image`` (2×Z×Y×X), mapped
-    back through its :class:`CropGeometry` to the original canonical grid: float32 in [0, 1],
-    high = important.
+    """The heat maps of one network input ``image`` (2×Z×Y×X) (see
+    :func:`aidnet.explain.gradcam.network_maps`), mapped back through its
+    :class:`CropGeometry` to the original canonical grid: float32 in [0, 1], high = important.
 
     With ``calcium`` (the scan's calcium candidates on that grid, see
-    :func:`aidnet.preprocess.calcium_candidates`) each map also comes as ``<name>_calcium``:
-    the map on those voxels only, rescaled to a maximum of 1. The network sees the scene at a
-    few millimetres per voxel and its last feature map is 8 times coarser still, so the plain
-    map marks a region; the calcium map marks which calcifications in that region weigh most.
+    :func:`aidnet.preprocess.calcium_candidates`) the guided Grad-CAM is kept on those voxels
+    only, and the SAG map also comes as ``attention_calcium``, each rescaled to a maximum of 1.
+    The network sees the scene at a few millimetres per voxel and its last feature map is 8
+    times coarser still, so the plain Grad-CAM and attention maps mark a region; the calcium
+    maps mark which calcifications weigh most.
     """
     from aidnet.explain.gradcam import network_maps, normalise
 
@@ -51,8 +52,9 @@ def original_maps(
         for name, net_map in network_maps(trained.model, x).items()
     }
     if calcium is not None:
-        for name in list(maps):
-            maps[f"{name}_calcium"] = normalise(maps[name] * calcium)
+        maps["gradcam_guided"] = normalise(maps["gradcam_guided"] * calcium)
+        if "attention" in maps:
+            maps["attention_calcium"] = normalise(maps["attention"] * calcium)
     return maps
 
 

@@ -35,7 +35,7 @@ GALLERY_KINDS = {
 MAP_NAMES = {
     "gradcam": "Grad-CAM",
     "attention": "SAG attention",
-    "gradcam_calcium": "Grad-CAM on calcium",
+    "gradcam_guided": "guided Grad-CAM (on calcium)",
     "attention_calcium": "SAG attention on calcium",
 }
 
@@ -299,7 +299,9 @@ def write_report(
             "interval). Mass shares: share of the heat map within "
             f"{_mm(radii.get('mass_radius_mm'))} mm of coronary calcium, and of non-coronary "
             "calcium (label 2 of the label maps, e.g. aortic wall and valves). The "
-            "'on calcium' maps are the heat maps on the scan's calcium candidates only.</p>"
+            "'on calcium' maps are kept on the scan's calcium candidates only; guided Grad-CAM "
+            "is Grad-CAM times the positive part of gradient × input, which says which "
+            "calcifications inside Grad-CAM's coarse region the decision depends on.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
