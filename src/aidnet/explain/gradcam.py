@@ -57,7 +57,10 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
         size = tuple(x.shape[2:])
         cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
         evidence = F.relu((input_grads.float() * x.detach().float()).sum(dim=1, keepdim=True))
-        maps = {"gradcam": normalise(cam[0, 0]), "gradcam_guided": normalise((cam * evidence)[0, 0])}
+        maps = {
+            "gradcam": normalise(cam[0, 0]),
+            "gradcam_guided": normalise((cam * evidence)[0, 0]),
+        }
         if out.attention is not None:
             att = out.attention.detach().float()
             att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)
