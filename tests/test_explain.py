@@ -49,6 +49,25 @@ def test_gradcam_peaks_at_the_evidence_and_is_not_inverted():
     assert model.training
 
 
+def test_maps_of_a_saturated_model_do_not_vanish():
+    """A confident model whose P(CAC) is 1.0 in float32 still gets its maps (the gradient of
+    log P(CAC) would underflow there and leave every map flat)."""
+    from aidnet.explain.gradcam import network_maps
+
+    model = BrightSpotNet()
+    with torch.no_grad():
+        model.conv.weight.mul_(1e4)
+    x = torch.zeros(1, 2, 12, 16, 20)
+    x[0, 1, 3:5, 10:12, 14:16] = 1.0
+    with torch.no_grad():
+        assert float(torch.softmax(model.forward_single(x).logits, 1)[0, 0]) == 0.0
+    maps = network_maps(model, x)
+    for name in ("gradcam", "gradcam_guided"):
+        peak = np.unravel_index(np.argmax(maps[name]), maps[name].shape)
+        assert maps[name].max() == 1.0, name
+        assert 3 <= peak[0] <= 4 and 10 <= peak[1] <= 11 and 14 <= peak[2] <= 15, name
+
+
 def test_flat_map_is_zero_not_nan():
     cam = grad_cam(BrightSpotNet(), torch.zeros(1, 2, 8, 8, 8))
     assert np.all(cam == 0)

@@ -150,15 +150,18 @@ def test_gallery_picks_each_kind_first(tmp_path):
         "b_scan-1",
     ]
     assert "P(CAC) = 0.90" in picked[0]["caption"]
-    maps = [{"key": "a_scan-1", "gradcam_png": "a.png", "attention_png": "b.png"}]
-    entries = gallery_entries(picked, maps)
-    assert entries == [
+    maps = [
         {
-            "kind": "TP",
-            "caption": picked[0]["caption"],
-            "images": [("Grad-CAM", "a.png"), ("SAG attention", "b.png")],
+            "key": "a_scan-1",
+            "gradcam_png": "a.png",
+            "gradcam_guided_png": "g.png",
+            "attention_png": "b.png",
         }
     ]
+    entries = gallery_entries(picked, maps)
+    images = [("Grad-CAM", "a.png"), ("guided Grad-CAM", "g.png"), ("SAG attention", "b.png")]
+    assert entries == [{"kind": "TP", "caption": picked[0]["caption"], "images": images}]
+    assert gallery_entries(picked, maps, attention=False)[0]["images"] == images[:2]
 
 
 # --- in a real browser ----------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """3-D Grad-CAM at the feature map before global average pooling (paper §2.3, Fig. 2).
 
-Score explained: the log of P(CAC) — log(P1 + P2) for the 3-class model (strategy 2: the CAC
-classes together), log P1 for the 2-class model. Grad-CAM and the SAG attention map are both
+Score explained: the log-odds of CAC, log(P1 + P2) − log P0 for the 3-class model (strategy 2:
+the CAC classes together), log P1 − log P0 for the 2-class model. Its gradient is that of
+log P(CAC) divided by 1 − P(CAC), so after normalisation the maps are the same as for log P(CAC),
+but they do not vanish when a confident model's P(CAC) rounds to 1 in float32 (the gradient of
+log P(CAC) then underflows and every map would come out flat).
+Grad-CAM and the SAG attention map are both
 min–max normalised to [0, 1] so that HIGH = IMPORTANT (unlike an inverting normaliser; the
 attention map's floor, e.g. a uniform 0.5 of an undecided gate, becomes 0), and a constant map
 becomes all zero.
@@ -26,9 +30,9 @@ def normalise(cam: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def cac_score(logits: torch.Tensor) -> torch.Tensor:
-    """log P(CAC) per scan."""
-    log_probs = torch.log_softmax(logits.float(), dim=1)
-    return torch.logsumexp(log_probs[:, 1:], dim=1)
+    """The log-odds of CAC per scan: logsumexp of the CAC classes' logits minus class 0's."""
+    logits = logits.float()
+    return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
 
 
 def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:

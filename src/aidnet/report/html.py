@@ -117,6 +117,8 @@ def gallery_entries(
         if written is None:
             continue
         images = [("Grad-CAM", written["gradcam_png"])]
+        if "gradcam_guided_png" in written:
+            images.append(("guided Grad-CAM", written["gradcam_guided_png"]))
         if attention and "attention_png" in written:
             images.append(("SAG attention", written["attention_png"]))
         entries.append({"kind": case["kind"], "caption": case["caption"], "images": images})
