@@ -62,10 +62,39 @@ def test_maps_of_a_saturated_model_do_not_vanish():
     with torch.no_grad():
         assert float(torch.softmax(model.forward_single(x).logits, 1)[0, 0]) == 0.0
     maps = network_maps(model, x)
-    for name in ("gradcam", "gradcam_guided"):
+    for name in ("gradcam", "integrated_gradients"):
         peak = np.unravel_index(np.argmax(maps[name]), maps[name].shape)
         assert maps[name].max() == 1.0, name
         assert 3 <= peak[0] <= 4 and 10 <= peak[1] <= 11 and 14 <= peak[2] <= 15, name
+
+
+def test_integrated_gradients_add_up_to_the_score_change_and_stay_on_calcium():
+    """Completeness (Sundararajan et al.): the map sums to score(scan) − score(scan without
+    calcium); and it is zero wherever the scan has no calcium."""
+    from aidnet.explain.gradcam import (
+        CALCIUM_LEVEL,
+        cac_score,
+        integrated_gradients,
+        without_calcium,
+    )
+    from aidnet.models.aidnet import AIDNet
+
+    torch.manual_seed(0)
+    model = AIDNet(features=(4, 8), inter_channels=4).eval()
+    x = torch.rand(1, 2, 8, 12, 16) * CALCIUM_LEVEL
+    x[0, 1] = 0.0
+    x[0, :, 2:4, 5:7, 3:6] = 1.0  # one calcification: bright CT and the calcium channel
+    x[0, :, 6, 9, 12] = 1.0
+    ig = integrated_gradients(model, x, steps=128)
+    with torch.no_grad():
+        change = cac_score(model.forward_single(x).logits) - cac_score(
+            model.forward_single(without_calcium(x)).logits
+        )
+    assert abs(float(change)) > 1e-4
+    assert float(ig.sum()) == pytest.approx(float(change), rel=0.02)
+    calcified = x[0, 1] > 0
+    assert torch.all(ig[0, 0][~calcified] == 0) and torch.any(ig[0, 0][calcified] != 0)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_flat_map_is_zero_not_nan():
@@ -185,7 +214,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
     assert [w["key"] for w in written] == [record.key]
 
     source, source_affine = ct.to_source(ct.array)
-    maps = ("gradcam", "gradcam_guided", "attention", "attention_calcium")
+    maps = ("gradcam", "integrated_gradients", "attention", "attention_calcium")
     for name in maps:
         path = out / f"{record.key}_{name}.nii.gz"
         raw = nib.load(path)  # the file itself: the input's own voxel order and affine
@@ -212,7 +241,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
             wrong.append(flipped)
         for point in wrong:
             assert nearest_distance_mm(point, coronary, ct.spacing) > 5.0, (name, point)
-        if name in ("gradcam_guided", "attention_calcium"):  # on calcium candidates only
+        if name in ("integrated_gradients", "attention_calcium"):  # on calcium candidates only
             assert heat.array.max() == pytest.approx(1.0)
             assert ct.array[peak] > 130 and np.all(heat.array[ct.array <= 130] == 0)
     with (out / "localisation.csv").open() as fh:

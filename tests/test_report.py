@@ -154,12 +154,12 @@ def test_gallery_picks_each_kind_first(tmp_path):
         {
             "key": "a_scan-1",
             "gradcam_png": "a.png",
-            "gradcam_guided_png": "g.png",
+            "integrated_gradients_png": "g.png",
             "attention_png": "b.png",
         }
     ]
     entries = gallery_entries(picked, maps)
-    images = [("Grad-CAM", "a.png"), ("guided Grad-CAM", "g.png"), ("SAG attention", "b.png")]
+    images = [("Grad-CAM", "a.png"), ("Integrated gradients", "g.png"), ("SAG attention", "b.png")]
     assert entries == [{"kind": "TP", "caption": picked[0]["caption"], "images": images}]
     assert gallery_entries(picked, maps, attention=False)[0]["images"] == images[:2]
 

@@ -5,10 +5,14 @@ the CAC classes together), log P1 − log P0 for the 2-class model. Its gradient
 log P(CAC) divided by 1 − P(CAC), so after normalisation the maps are the same as for log P(CAC),
 but they do not vanish when a confident model's P(CAC) rounds to 1 in float32 (the gradient of
 log P(CAC) then underflows and every map would come out flat).
-Grad-CAM and the SAG attention map are both
-min–max normalised to [0, 1] so that HIGH = IMPORTANT (unlike an inverting normaliser; the
-attention map's floor, e.g. a uniform 0.5 of an undecided gate, becomes 0), and a constant map
-becomes all zero.
+
+Beside Grad-CAM and the SAG map, the integrated gradients of the same score (Sundararajan et
+al., 2017) from the scan without its calcium to the scan itself: a voxel-level map of which
+calcifications the decision rests on, where Grad-CAM's cells are centimetres wide.
+
+Every map is min–max normalised to [0, 1] so that HIGH = IMPORTANT (unlike an inverting
+normaliser; the attention map's floor, e.g. a uniform 0.5 of an undecided gate, becomes 0), and
+a constant map becomes all zero.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from aidnet.preprocess.sample import CALCIUM_HU, HU_HIGH, HU_LOW
 
 
 def normalise(cam: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -35,15 +41,45 @@ def cac_score(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
 
 
+#: Riemann steps (midpoints) of the integrated gradients; 8 and 32 pointed at the coronary
+#: calcium equally often on a 480-subject phantom's test scans.
+IG_STEPS = 8
+
+#: The CT channel's value at the calcium threshold (130 HU on the [−200, 600] HU scale).
+CALCIUM_LEVEL = (CALCIUM_HU - HU_LOW) / (HU_HIGH - HU_LOW)
+
+
+def without_calcium(x: torch.Tensor) -> torch.Tensor:
+    """The integrated gradients' baseline: the same network input with no calcium in it, the
+    calcium channel empty and the CT channel capped at the 130 HU level."""
+    base = x.detach().clone()
+    base[:, 1] = 0.0
+    base[:, 0] = base[:, 0].clamp(max=CALCIUM_LEVEL)
+    return base
+
+
+def integrated_gradients(model: Any, x: torch.Tensor, steps: int = IG_STEPS) -> torch.Tensor:
+    """Integrated gradients of the CAC log-odds from :func:`without_calcium` to ``x``
+    (1×2×Z×Y×X), summed over the input channels: 1×1×Z×Y×X, non-zero only where the input
+    differs from the baseline, i.e. on calcium. One forward and backward pass per step."""
+    x = x.detach()
+    base = without_calcium(x)
+    total = torch.zeros_like(x, dtype=torch.float32)
+    with torch.enable_grad():
+        for k in range(steps):
+            point = (base + (k + 0.5) / steps * (x - base)).requires_grad_(True)
+            score = cac_score(model.forward_single(point).logits).sum()
+            (grad,) = torch.autograd.grad(score, point)
+            total += grad.float()
+    return (total / steps * (x - base).float()).sum(dim=1, keepdim=True)
+
+
 def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """The heat maps of one scan (x: 1×2×Z×Y×X) on the input grid, in [0, 1], from ONE forward
-    and one backward pass:
+    """The heat maps of one scan (x: 1×2×Z×Y×X) on the input grid, in [0, 1]:
 
     - ``gradcam``: Grad-CAM at the feature map before global average pooling;
-    - ``gradcam_guided``: Grad-CAM times the positive part of gradient × input (summed over
-      the input channels), the high-resolution "guided" Grad-CAM of Selvaraju et al. with
-      gradient × input in place of guided backpropagation: the coarse map says which region,
-      the input-gradient term which voxels in it the score depends on;
+    - ``integrated_gradients``: the positive part of :func:`integrated_gradients`, which
+      calcifications raise the CAC score;
     - ``attention``: the soft attention gate's map, for a model that has one.
 
     Parameters get no gradient and the model's train/eval mode is restored.
@@ -52,19 +88,15 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
     model.eval()
     try:
         with torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
             out = model.forward_single(x)
             features = out.features
-            grads, input_grads = torch.autograd.grad(cac_score(out.logits).sum(), [features, x])
+            (grads,) = torch.autograd.grad(cac_score(out.logits).sum(), features)
         weights = grads.mean(dim=(2, 3, 4), keepdim=True)
         cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
         size = tuple(x.shape[2:])
         cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
-        evidence = F.relu((input_grads.float() * x.detach().float()).sum(dim=1, keepdim=True))
-        maps = {
-            "gradcam": normalise(cam[0, 0]),
-            "gradcam_guided": normalise((cam * evidence)[0, 0]),
-        }
+        maps = {"gradcam": normalise(cam[0, 0])}
+        maps["integrated_gradients"] = normalise(F.relu(integrated_gradients(model, x))[0, 0])
         if out.attention is not None:
             att = out.attention.detach().float()
             att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)

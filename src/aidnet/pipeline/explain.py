@@ -38,11 +38,11 @@ def original_maps(
     :class:`CropGeometry` to the original canonical grid: float32 in [0, 1], high = important.
 
     With ``calcium`` (the scan's calcium candidates on that grid, see
-    :func:`aidnet.preprocess.calcium_candidates`) the guided Grad-CAM is kept on those voxels
+    :func:`aidnet.preprocess.calcium_candidates`) the integrated gradients are kept on those voxels
     only, and the SAG map also comes as ``attention_calcium``, each rescaled to a maximum of 1.
     The network sees the scene at a few millimetres per voxel and its last feature map is 8
-    times coarser still, so the plain Grad-CAM and attention maps mark a region; the calcium
-    maps mark which calcifications weigh most.
+    times coarser still, so the plain Grad-CAM and attention maps mark a region; the
+    integrated gradients mark which calcifications the decision rests on.
     """
     from aidnet.explain.gradcam import network_maps, normalise
 
@@ -52,7 +52,7 @@ def original_maps(
         for name, net_map in network_maps(trained.model, x).items()
     }
     if calcium is not None:
-        maps["gradcam_guided"] = normalise(maps["gradcam_guided"] * calcium)
+        maps["integrated_gradients"] = normalise(maps["integrated_gradients"] * calcium)
         if "attention" in maps:
             maps["attention_calcium"] = normalise(maps["attention"] * calcium)
     return maps

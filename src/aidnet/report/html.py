@@ -35,7 +35,7 @@ GALLERY_KINDS = {
 MAP_NAMES = {
     "gradcam": "Grad-CAM",
     "attention": "SAG attention",
-    "gradcam_guided": "guided Grad-CAM (on calcium)",
+    "integrated_gradients": "Integrated gradients (on calcium)",
     "attention_calcium": "SAG attention on calcium",
 }
 
@@ -117,8 +117,8 @@ def gallery_entries(
         if written is None:
             continue
         images = [("Grad-CAM", written["gradcam_png"])]
-        if "gradcam_guided_png" in written:
-            images.append(("guided Grad-CAM", written["gradcam_guided_png"]))
+        if "integrated_gradients_png" in written:
+            images.append(("Integrated gradients", written["integrated_gradients_png"]))
         if attention and "attention_png" in written:
             images.append(("SAG attention", written["attention_png"]))
         entries.append({"kind": case["kind"], "caption": case["caption"], "images": images})
@@ -301,9 +301,9 @@ def write_report(
             "interval). Mass shares: share of the heat map within "
             f"{_mm(radii.get('mass_radius_mm'))} mm of coronary calcium, and of non-coronary "
             "calcium (label 2 of the label maps, e.g. aortic wall and valves). The "
-            "'on calcium' maps are kept on the scan's calcium candidates only; guided Grad-CAM "
-            "is Grad-CAM times the positive part of gradient × input, which says which "
-            "calcifications inside Grad-CAM's coarse region the decision depends on.</p>"
+            "'on calcium' maps are kept on the scan's calcium candidates only. Integrated "
+            "gradients: which calcifications raise the CAC score, from the scan without its "
+            "calcium to the scan itself; Grad-CAM's cells are centimetres wide.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
