@@ -1,5 +1,6 @@
 """DICOM series folders: series choice, slice checks, broken files, compression, rescaling."""
 
+import copy
 import logging
 import shutil
 from pathlib import Path
@@ -271,3 +272,97 @@ def test_single_file_asks_for_the_folder(tmp_path):
     one = next(folder.iterdir())
     with pytest.raises(AidnetError, match="give the folder"):
         read_volume(one)
+
+
+def to_enhanced(folder, target, order=None, change_frame=None):
+    """The slices of ``folder`` as ONE enhanced (multi-frame) CT file in ``target``: geometry and
+    rescale in the functional groups only, frames stored in ``order`` (default: by position)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    slices = [pydicom.dcmread(f) for f in by_position(folder)]
+    order = list(range(len(slices))) if order is None else order
+    ds = copy.deepcopy(slices[0])
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    for keyword in (
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope",
+        "RescaleIntercept", "RescaleType", "SliceLocation", "InstanceNumber",
+    ):  # fmt: skip
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.NumberOfFrames = len(order)
+
+    def group(**items):
+        item = Dataset()
+        for name, (inner, value) in items.items():
+            sub = Dataset()
+            setattr(sub, inner, value)
+            setattr(item, name, Sequence([sub]))
+        return item
+
+    first = slices[0]
+    ds.SharedFunctionalGroupsSequence = Sequence(
+        [
+            group(
+                PlaneOrientationSequence=("ImageOrientationPatient", first.ImageOrientationPatient),
+                PixelMeasuresSequence=("PixelSpacing", first.PixelSpacing),
+            )
+        ]
+    )
+    frames = []
+    for k in order:
+        item = group(PlanePositionSequence=("ImagePositionPatient", slices[k].ImagePositionPatient))
+        transform = Dataset()
+        transform.RescaleSlope = slices[k].RescaleSlope
+        transform.RescaleIntercept = slices[k].RescaleIntercept
+        item.PixelValueTransformationSequence = Sequence([transform])
+        stored = slices[k].pixel_array
+        if change_frame is not None:
+            stored = change_frame(item, stored)
+        frames.append(stored)
+        ds.setdefault("PerFrameFunctionalGroupsSequence", Sequence()).value.append(item)
+    ds.PixelData = np.stack(frames).astype(slices[0].pixel_array.dtype).tobytes()
+    target.mkdir()
+    ds.save_as(target / "enhanced.dcm", enforce_file_format=True)
+    return target
+
+
+def test_enhanced_multiframe_ct_reads_like_its_slices(tmp_path):
+    _, folder = series(tmp_path, slices=7)
+    classic = read_volume(folder)
+    # frames stored out of order: the position, not the frame number, places them
+    enhanced = read_volume(to_enhanced(folder, tmp_path / "enh", order=[3, 0, 6, 1, 5, 2, 4]))
+    assert np.array_equal(enhanced.array, classic.array)
+    assert np.allclose(enhanced.affine, classic.affine)
+    assert enhanced.source == classic.source
+    # the file itself holds the whole series, so it may be named instead of its folder
+    assert np.array_equal(read_volume(tmp_path / "enh" / "enhanced.dcm").array, classic.array)
+
+
+def test_enhanced_ct_uses_each_frames_own_rescale(tmp_path):
+    _, folder = series(tmp_path)
+    classic = read_volume(folder)
+
+    def own_intercept(item, stored):  # each frame its own intercept, the same HU
+        shift = 10 * (round(float(item.PlanePositionSequence[0].ImagePositionPatient[2])) % 7) + 3
+        item.PixelValueTransformationSequence[0].RescaleIntercept = str(-1024 - shift)
+        return stored.astype(np.int32) + shift
+
+    read = read_volume(to_enhanced(folder, tmp_path / "enh", change_frame=own_intercept))
+    assert np.array_equal(read.array, classic.array)
+
+
+def test_enhanced_ct_without_frame_positions_fails(tmp_path):
+    _, folder = series(tmp_path)
+    enh = to_enhanced(folder, tmp_path / "enh")
+    ds = pydicom.dcmread(enh / "enhanced.dcm")
+    del ds.PerFrameFunctionalGroupsSequence[-1]
+    ds.save_as(enh / "enhanced.dcm")
+    with pytest.raises(AidnetError, match=r"enhanced\.dcm: multi-frame image of 6 frames with 5"):
+        read_volume(enh)
+
+
+def test_duplicate_frames_are_named_by_frame(tmp_path):
+    _, folder = series(tmp_path)
+    with pytest.raises(AidnetError, match=r"enhanced\.dcm frame \d and enhanced\.dcm frame \d"):
+        read_volume(to_enhanced(folder, tmp_path / "enh", order=[0, 1, 2, 3, 4, 4]))

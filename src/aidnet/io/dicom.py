@@ -3,7 +3,8 @@
 Headers are read first (no pixels) and the axial CT stack with most slices is chosen (see
 :mod:`aidnet.io.dicom_series`). Slices are ordered by ImagePositionPatient projected on the slice
 normal — never by file name or InstanceNumber — checked for gaps, duplicates and gantry tilt, and
-only then decoded, with RescaleSlope/RescaleIntercept applied.
+only then decoded, with RescaleSlope/RescaleIntercept applied. An enhanced (multi-frame) CT file
+is read the same way, its frames standing in for slice files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from aidnet.errors import AidnetError
 from aidnet.io.dicom_files import read_headers
-from aidnet.io.dicom_pixels import slice_hu
+from aidnet.io.dicom_frames import slice_name
+from aidnet.io.dicom_pixels import frames_hu, slice_hu
 from aidnet.io.dicom_series import choose_stack
 from aidnet.io.dicom_write import CT_IMAGE_STORAGE, write_dicom_series
 from aidnet.io.orient import reorient_with_grid, spacing_of
@@ -28,7 +30,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def read_dicom_series(folder: Path) -> Volume:
-    """Read the CT series in ``folder`` (the axial stack with most slices if there are several)."""
+    """Read the CT series in ``folder`` (the axial stack with most slices if there are several),
+    or the enhanced multi-frame CT file ``folder`` names."""
     folder = Path(folder)
     headers = read_headers(folder)
     if not headers:
@@ -49,8 +52,14 @@ def read_dicom_series(folder: Path) -> Volume:
     sy, sx = pixel_spacing(folder, slices)
     rows, columns = stack.shape
     array = np.empty((len(slices), rows, columns), dtype=np.float32)
+    multi: dict[str, list[int]] = {}  # multi-frame file → where its frames go in the stack
     for k, s in enumerate(slices):
-        array[k] = slice_hu(Path(s.filename), rows, columns)
+        if getattr(s, "frame", None) is None:
+            array[k] = slice_hu(Path(s.filename), rows, columns)
+        else:
+            multi.setdefault(s.filename, []).append(k)
+    for filename, where in multi.items():
+        array[where] = frames_hu(Path(filename), [slices[k] for k in where], rows, columns)
 
     lps = np.eye(4)
     lps[:3, 0] = (positions[-1] - positions[0]) / (len(slices) - 1)
@@ -72,7 +81,7 @@ def check_positions(
     same = np.flatnonzero(steps < 0.01)
     if same.size:
         i = int(same[0])
-        names = f"{Path(slices[i].filename).name} and {Path(slices[i + 1].filename).name}"
+        names = f"{slice_name(slices[i])} and {slice_name(slices[i + 1])}"
         raise AidnetError(
             f"{folder}: two slices at the same position z = {z[i]:.2f} mm ({names}); "
             "duplicate slices or two series mixed in one"
@@ -103,7 +112,7 @@ def pixel_spacing(folder: Path, slices: list[Any]) -> tuple[float, float]:
     values = set()
     for s in slices:
         if "PixelSpacing" not in s:
-            raise AidnetError(f"{s.filename}: no PixelSpacing in this CT image")
+            raise AidnetError(f"{Path(s.filename).parent / slice_name(s)}: no PixelSpacing")
         values.add(tuple(round(float(v), 4) for v in s.PixelSpacing))
     if len(values) != 1:
         raise AidnetError(

@@ -23,12 +23,19 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def read_headers(folder: Path) -> list[Any]:
-    """Headers (no pixel data) of every DICOM image under ``folder``, ``filename`` set."""
+    """Headers (no pixel data) of every DICOM image under ``folder`` (or of the one file it
+    names), ``filename`` set; one per frame for multi-frame images (see
+    :mod:`aidnet.io.dicom_frames`)."""
+    from aidnet.io.dicom_frames import frame_headers, number_of_frames
+
     headers = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    paths = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in paths:
         ds = read_header(path)
-        if ds is not None:
-            headers.append(ds)
+        if ds is None:
+            continue
+        # an enhanced (multi-frame) image: its frames are the slices
+        headers.extend(frame_headers(ds) if number_of_frames(ds) > 1 else [ds])
     return headers
 
 

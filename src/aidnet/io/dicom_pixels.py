@@ -25,7 +25,7 @@ def slice_hu(path: Path, rows: int, columns: int) -> np.ndarray:
     except Exception as exc:  # pydicom raises many types for broken files
         raise AidnetError(f"{path}: corrupt DICOM file ({reason(exc)})") from None
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise AidnetError(f"{path}: multi-frame (enhanced) DICOM images are not supported")
+        raise AidnetError(f"{path}: a multi-frame image where one slice was expected")
     compressed = syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed
     use_gdcm = compressed and not _pydicom_can_decode(syntax)
     try:
@@ -42,6 +42,40 @@ def slice_hu(path: Path, rows: int, columns: int) -> np.ndarray:
             f"{path}: pixel data of shape {hu.shape}, expected one {rows}×{columns} grey image"
         )
     return hu
+
+
+def frames_hu(path: Path, frames: list[Any], rows: int, columns: int) -> np.ndarray:
+    """HU (float32, len(frames) × rows × columns) of the given frames of the multi-frame image in
+    ``path``, each rescaled with its own RescaleSlope/RescaleIntercept (see
+    :func:`aidnet.io.dicom_frames.frame_headers`). The file is decoded once."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise AidnetError(f"{path}: corrupt DICOM file ({reason(exc)})") from None
+    compressed = syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed
+    if compressed and not _pydicom_can_decode(syntax):
+        raise AidnetError(
+            f"{path}: cannot decode multi-frame pixel data compressed as {syntax.name}; "
+            "decompress the file first (e.g. gdcmconv --raw IN OUT)"
+        )
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise many types for broken data
+        raise AidnetError(f"{path}: cannot decode pixel data: {reason(exc)}") from None
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    if stored.shape != (n, rows, columns):
+        raise AidnetError(
+            f"{path}: pixel data of shape {stored.shape}, expected {n} frames of {rows}×{columns}"
+        )
+    out = np.empty((len(frames), rows, columns), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        slope = float(frame.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(frame.get("RescaleIntercept", 0.0) or 0.0)
+        out[k] = stored[frame.frame].astype(np.float64) * slope + intercept
+    return out
 
 
 def _pydicom_can_decode(syntax: Any) -> bool:

@@ -14,7 +14,8 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def read_volume(path: Path | str) -> Volume:
-    """Read a DICOM series folder, NIfTI, NRRD or MHA/MHD file as a canonical HU volume.
+    """Read a DICOM series folder (or an enhanced multi-frame CT file), NIfTI, NRRD or MHA/MHD
+    file as a canonical HU volume.
 
     Every failure is an :class:`AidnetError` naming the file and the problem.
     """
@@ -44,9 +45,7 @@ def read_volume(path: Path | str) -> Volume:
 
                 volume = read_itk(path)
             elif name.endswith(".dcm") or _has_dicom_preamble(path):
-                raise AidnetError(
-                    f"{path}: a single DICOM file; give the folder that holds the whole series"
-                )
+                volume = _single_dicom_file(path)
             else:
                 raise AidnetError(
                     f"{path}: unsupported file type (expected a DICOM folder, .nii, .nii.gz, "
@@ -59,6 +58,20 @@ def read_volume(path: Path | str) -> Volume:
     if not np.isfinite(volume.array).all():
         raise AidnetError(f"{path}: image contains NaN or infinite values")
     return volume
+
+
+def _single_dicom_file(path: Path) -> Volume:
+    """An enhanced (multi-frame) CT file holds a whole series; one slice file does not."""
+    from aidnet.io.dicom import read_dicom_series
+    from aidnet.io.dicom_files import read_header
+    from aidnet.io.dicom_frames import number_of_frames
+
+    ds = read_header(path)
+    if ds is None or number_of_frames(ds) < 2:
+        raise AidnetError(
+            f"{path}: a single DICOM file; give the folder that holds the whole series"
+        )
+    return read_dicom_series(path)
 
 
 def _has_dicom_preamble(path: Path) -> bool:
