@@ -17,13 +17,7 @@ from aidnet.io.dicom_files import reason
 
 def slice_hu(path: Path, rows: int, columns: int) -> np.ndarray:
     """HU (float32, rows × columns) of the single-frame image in ``path``."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path)
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise AidnetError(f"{path}: corrupt DICOM file ({reason(exc)})") from None
+    ds, syntax = _read(path)
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise AidnetError(f"{path}: a multi-frame image where one slice was expected")
     compressed = syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed
@@ -48,13 +42,7 @@ def frames_hu(path: Path, frames: list[Any], rows: int, columns: int) -> np.ndar
     """HU (float32, len(frames) × rows × columns) of the given frames of the multi-frame image in
     ``path``, each rescaled with its own RescaleSlope/RescaleIntercept (see
     :func:`aidnet.io.dicom_frames.frame_headers`). The file is decoded once."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path)
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise AidnetError(f"{path}: corrupt DICOM file ({reason(exc)})") from None
+    ds, syntax = _read(path)
     compressed = syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed
     if compressed and not _pydicom_can_decode(syntax):
         raise AidnetError(
@@ -72,10 +60,26 @@ def frames_hu(path: Path, frames: list[Any], rows: int, columns: int) -> np.ndar
         )
     out = np.empty((len(frames), rows, columns), dtype=np.float32)
     for k, frame in enumerate(frames):
-        slope = float(frame.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(frame.get("RescaleIntercept", 0.0) or 0.0)
-        out[k] = stored[frame.frame].astype(np.float64) * slope + intercept
+        out[k] = _rescaled(stored[frame.frame], frame)
     return out
+
+
+def _read(path: Path) -> tuple[Any, Any]:
+    """The whole dataset in ``path`` and its transfer syntax (None when not given)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+        return ds, ds.file_meta.get("TransferSyntaxUID")
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise AidnetError(f"{path}: corrupt DICOM file ({reason(exc)})") from None
+
+
+def _rescaled(stored: np.ndarray, header: Any) -> np.ndarray:
+    """Stored values → HU with the header's RescaleSlope/RescaleIntercept (float32)."""
+    slope = float(header.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
+    return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
 
 
 def _pydicom_can_decode(syntax: Any) -> bool:
@@ -88,9 +92,7 @@ def _pydicom_can_decode(syntax: Any) -> bool:
 
 
 def _pydicom_hu(ds: Any) -> np.ndarray:
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return (ds.pixel_array.astype(np.float64) * slope + intercept).astype(np.float32)
+    return _rescaled(ds.pixel_array, ds)
 
 
 def _gdcm_or_none(path: Path) -> np.ndarray | None:
