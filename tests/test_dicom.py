@@ -366,3 +366,16 @@ def test_duplicate_frames_are_named_by_frame(tmp_path):
     _, folder = series(tmp_path)
     with pytest.raises(AidnetError, match=r"enhanced\.dcm frame \d and enhanced\.dcm frame \d"):
         read_volume(to_enhanced(folder, tmp_path / "enh", order=[0, 1, 2, 3, 4, 4]))
+
+
+def test_multiframe_capture_beside_the_series_is_skipped(tmp_path):
+    _, folder = series(tmp_path)
+    alone = read_volume(folder)
+    capture = pydicom.dcmread(next(folder.iterdir()))
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+        delattr(capture, keyword)
+    capture.SeriesInstanceUID = "1.2.3.4"
+    capture.NumberOfFrames = 2
+    capture.PixelData = capture.PixelData * 2
+    capture.save_as(folder / "cine.dcm")
+    assert np.array_equal(read_volume(folder).array, alone.array)

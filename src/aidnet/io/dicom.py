@@ -112,7 +112,8 @@ def pixel_spacing(folder: Path, slices: list[Any]) -> tuple[float, float]:
     values = set()
     for s in slices:
         if "PixelSpacing" not in s:
-            raise AidnetError(f"{Path(s.filename).parent / slice_name(s)}: no PixelSpacing")
+            where = Path(s.filename).parent / slice_name(s)
+            raise AidnetError(f"{where}: no PixelSpacing in this CT image")
         values.add(tuple(round(float(v), 4) for v in s.PixelSpacing))
     if len(values) != 1:
         raise AidnetError(

@@ -41,6 +41,8 @@ def frame_headers(ds: Any) -> list[Any]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared_items = ds.get("SharedFunctionalGroupsSequence") or []
     shared = shared_items[0] if len(shared_items) else None
+    if not per_frame:  # a cine or multi-frame capture, not a volume: left to the series choice
+        return [ds]
     if len(per_frame) != n:
         raise AidnetError(
             f"{ds.filename}: multi-frame image of {n} frames with {len(per_frame)} per-frame "
