@@ -285,7 +285,8 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     assert saved == json.loads(json.dumps(metrics["localisation"]))
     assert set(saved) == {"gradcam", "integrated_gradients", "attention", "attention_calcium"}
     for summary in saved.values():
-        assert set(summary) == {
+        best_cell = {"pointing_hit_rate_best_cell"} if summary is saved["gradcam"] else set()
+        assert set(summary) == best_cell | {
             "n",
             "pointing_hit_rate",
             "pointing_hit_rate_ci95",
@@ -301,6 +302,8 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
         assert summary["pointing_hit_rate_ci95"] == pytest.approx(list(wilson_interval(n - 1, n)))
         assert 0 < summary["coronary_mass_share_mean"] < 1
         assert (summary["hit_radius_mm"], summary["mass_radius_mm"]) == (5.0, 10.0)
+    # the stand-in's feature map is on the network grid itself: its cells are a few mm wide
+    assert saved["gradcam"]["pointing_hit_rate_best_cell"] == 1.0
     with (out / "localisation.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 * n
@@ -346,3 +349,59 @@ def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path):
         evaluate_module.evaluate_run(
             tmp_path / "model.pt", manifest, tmp_path / "eval", cache_dir=tmp_path / "cache"
         )
+
+
+def test_cell_peaks_are_where_a_single_cell_map_peaks():
+    """cell_peaks predicts, per axis, where a map that is 1 in one cell of the feature grid
+    peaks after Grad-CAM's resampling (to the network grid, then to the original grid); the
+    3-D argmax (first maximum) of every such map is checked."""
+    import torch
+
+    from aidnet.explain.gradcam import cell_peaks, upsample
+    from aidnet.preprocess.geometry import CropGeometry
+
+    geometry = CropGeometry(
+        original_shape=(30, 41, 50),
+        original_affine=np.eye(4).tolist(),
+        crop_box=(2, 28, 5, 38, 3, 47),
+        network_shape=(8, 12, 16),
+    )
+    grid = (2, 3, 4)
+    axes = cell_peaks(grid, geometry)
+    for axis, cells in zip(axes, grid, strict=True):
+        assert len(axis) == cells
+    for cell in np.ndindex(*grid):
+        cam = torch.zeros((1, 1, *grid))
+        cam[(0, 0, *cell)] = 1.0
+        heat = geometry.to_original(upsample(cam, geometry.network_shape)[0, 0].numpy())
+        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        assert tuple(int(axes[d][cell[d]]) for d in range(3)) == peak
+    # an inner cell peaks within a network voxel of its centre; the first cell at the crop's
+    # edge (trilinear resampling holds the edge value, and a tie goes to the first voxel)
+    start, crop, net = geometry.crop_box[0::2], geometry.crop_shape, geometry.network_shape
+    for d, cells in enumerate(grid):
+        assert axes[d][0] == start[d]
+        for k in range(1, cells - 1):
+            centre = start[d] + (k + 0.5) * crop[d] / cells - 0.5
+            assert abs(axes[d][k] - centre) <= crop[d] / net[d]
+
+
+def test_best_cell_hit_is_in_mm():
+    from aidnet.explain.localisation import best_cell_hit
+
+    labels = one_plaque((20, 20, 20), (10, 10, 10))
+    axes = [np.array([2, 12]), np.array([10]), np.array([4, 16])]
+    # nearest grid point (12, 10, 16): 2 voxels in z and 6 in x
+    assert best_cell_hit(axes, labels, (1.0, 1.0, 0.5))  # sqrt(2² + 3²) = 3.6 mm
+    assert not best_cell_hit(axes, labels, (2.0, 1.0, 1.0))  # sqrt(4² + 6²) = 7.2 mm
+    assert not best_cell_hit(axes, np.zeros_like(labels), (1.0, 1.0, 1.0))
+
+
+def test_summary_gives_the_best_cell_rate_only_when_every_scan_has_it():
+    from dataclasses import replace
+
+    labels = one_plaque()
+    score = score_map(spike(labels.shape, (10, 10, 10)), labels, (1.0, 1.0, 1.0))
+    with_cell = [replace(score, best_cell_hit=b) for b in (True, False, False, True)]
+    assert summarise(with_cell)["pointing_hit_rate_best_cell"] == 0.5
+    assert "pointing_hit_rate_best_cell" not in summarise([score, *with_cell])

@@ -21,6 +21,7 @@ LOCALISATION = {
         "n": 12,
         "pointing_hit_rate": 0.75,
         "pointing_hit_rate_ci95": [0.468, 0.911],
+        "pointing_hit_rate_best_cell": 0.917,
         "coronary_mass_share_median": 0.41,
         "coronary_mass_share_mean": 0.38,
         "noncoronary_mass_share_median": 0.05,
@@ -117,6 +118,8 @@ def test_comparison_and_localisation_tables(tmp_path):
     assert text.count(">reference<") == 1 and ">failed<" in text
     assert "0.800 (0.700–0.850)" in text  # AUC with its interval
     assert "0.750 (0.468–0.911)" in text and "0.500 (0.254–0.746)" in text
+    assert "<td class='num'>0.917</td>" in text  # Grad-CAM's best single cell
+    assert "<td class='num'>—</td>" in text  # none for the attention map
     assert "Grad-CAM" in text and "SAG attention" in text
     assert "0.410 / 0.380" in text and "0.050 / 0.070" in text
     assert "No voxel labels" not in text

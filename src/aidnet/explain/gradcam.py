@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.sample import CALCIUM_HU, HU_HIGH, HU_LOW
 
 
@@ -74,6 +75,11 @@ def integrated_gradients(model: Any, x: torch.Tensor, steps: int = IG_STEPS) -> 
     return (total / steps * (x - base).float()).sum(dim=1, keepdim=True)
 
 
+def upsample(net_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """B×1×z×y×x map → B×1×``size`` (the network's input grid), trilinear, float32."""
+    return F.interpolate(net_map.float(), size=size, mode="trilinear", align_corners=False)
+
+
 def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
     """The heat maps of one scan (x: 1×2×Z×Y×X) on the input grid, in [0, 1]:
 
@@ -94,16 +100,50 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
         weights = grads.mean(dim=(2, 3, 4), keepdim=True)
         cam = F.relu((weights * features).sum(dim=1, keepdim=True)).detach()
         size = tuple(x.shape[2:])
-        cam = F.interpolate(cam.float(), size=size, mode="trilinear", align_corners=False)
-        maps = {"gradcam": normalise(cam[0, 0])}
+        maps = {"gradcam": normalise(upsample(cam, size)[0, 0])}
         maps["integrated_gradients"] = normalise(F.relu(integrated_gradients(model, x))[0, 0])
         if out.attention is not None:
-            att = out.attention.detach().float()
-            att = F.interpolate(att, size=size, mode="trilinear", align_corners=False)
-            maps["attention"] = normalise(att[0, 0])
+            maps["attention"] = normalise(upsample(out.attention.detach(), size)[0, 0])
     finally:
         model.train(was_training)
     return maps
+
+
+def feature_grid(model: Any, x: torch.Tensor) -> tuple[int, int, int]:
+    """The grid of Grad-CAM's cells (the feature map before global average pooling) for the
+    network input ``x`` (1×C×Z×Y×X): one forward pass in eval mode, no gradient."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_single(x).features
+    finally:
+        model.train(was_training)
+    nz, ny, nx = (int(n) for n in features.shape[2:])
+    return nz, ny, nx
+
+
+def cell_peaks(grid: tuple[int, ...], geometry: CropGeometry) -> list[np.ndarray]:
+    """Per axis (z, y, x): the original-grid indices where a map that is 1 in a single cell of a
+    ``grid``-shaped feature map and 0 elsewhere peaks, once resampled as Grad-CAM is (onto the
+    network grid by :func:`upsample`, then by ``geometry.to_original``); a tie goes to the first
+    maximum, the pointing game's rule.
+
+    Trilinear resampling is separable: a cell's peak is the product of its peaks along each
+    axis, and the peaks of all cells the product of these per-axis sets. Wherever Grad-CAM puts
+    its weight, its maximum lies at or within about a network voxel of one of them.
+    """
+    axes = []
+    crop_start = geometry.crop_box[0::2]
+    for cells, net, crop, start in zip(
+        grid, geometry.network_shape, geometry.crop_shape, crop_start, strict=True
+    ):
+        one_hot = torch.eye(int(cells)).unsqueeze(1)  # cells × 1 × cells
+        on_net = F.interpolate(one_hot, size=int(net), mode="linear", align_corners=False)
+        on_crop = F.interpolate(on_net, size=int(crop), mode="linear", align_corners=False)[:, 0]
+        index = torch.argmax(on_crop, dim=1).numpy()  # the first maximum, as np.argmax
+        axes.append(np.unique(index) + int(start))
+    return axes
 
 
 def grad_cam(model: Any, x: torch.Tensor) -> np.ndarray:

@@ -88,13 +88,26 @@ def coronary_labels(record: ScanRecord, base: Path, geometry: CropGeometry) -> n
 
 
 def localisation_rows(
-    record: ScanRecord, maps: dict[str, np.ndarray], labels: np.ndarray, geometry: CropGeometry
+    record: ScanRecord,
+    maps: dict[str, np.ndarray],
+    labels: np.ndarray,
+    geometry: CropGeometry,
+    grid: tuple[int, int, int] | None = None,
 ) -> list[dict]:
-    """``localisation.csv`` rows of one scan's maps (scores kept under ``score``)."""
-    from aidnet.explain.localisation import csv_row, score_maps
+    """``localisation.csv`` rows of one scan's maps (scores kept under ``score``); with
+    Grad-CAM's ``grid`` (see :func:`aidnet.explain.gradcam.feature_grid`) its score also says
+    whether the best single cell of that grid would have hit."""
+    from dataclasses import replace
+
+    from aidnet.explain.gradcam import cell_peaks
+    from aidnet.explain.localisation import best_cell_hit, csv_row, score_maps
     from aidnet.io.orient import spacing_of
 
-    scores = score_maps(maps, labels, spacing_of(geometry.affine))
+    spacing = spacing_of(geometry.affine)
+    scores = score_maps(maps, labels, spacing)
+    if grid is not None and "gradcam" in scores:
+        hit = best_cell_hit(cell_peaks(grid, geometry), labels, spacing)
+        scores["gradcam"] = replace(scores["gradcam"], best_cell_hit=hit)
     return [
         {**csv_row(record.subject, record.visit, name, score), "score": score}
         for name, score in scores.items()
@@ -103,6 +116,7 @@ def localisation_rows(
 
 def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
     """Score one scan's maps against its label map; [] without coronary calcium labels."""
+    from aidnet.explain.gradcam import feature_grid
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -112,7 +126,8 @@ def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
         return []
     calcium = scan_calcium(cached, geometry, read_volume(item.record.path))
     maps = original_maps(trained, cached.image, geometry, calcium)
-    return localisation_rows(item.record, maps, labels, geometry)
+    grid = feature_grid(trained.model, torch.from_numpy(cached.image)[None])
+    return localisation_rows(item.record, maps, labels, geometry, grid)
 
 
 def localisation_summary(rows: list[dict]) -> dict:
@@ -144,6 +159,7 @@ def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = No
     """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
     overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
     (under ``localisation``)."""
+    from aidnet.explain.gradcam import feature_grid
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -154,7 +170,8 @@ def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = No
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
-        written["localisation"] = localisation_rows(item.record, maps, labels, geometry)
+        grid = feature_grid(trained.model, torch.from_numpy(cached.image)[None])
+        written["localisation"] = localisation_rows(item.record, maps, labels, geometry, grid)
     return written
 
 

@@ -204,6 +204,7 @@ def _localisation(rows: list[dict[str, Any]]) -> list[str]:
         "map",
         "CAC scans (n)",
         "pointing hit rate (95% CI)",
+        "best single cell",
         "coronary mass share, median / mean",
         "non-coronary mass share, median / mean",
     ]
@@ -215,6 +216,9 @@ def _localisation(rows: list[dict[str, Any]]) -> list[str]:
                 str(r["map"]),
                 _fmt(r.get("n")),
                 _with_ci(r.get("pointing_hit_rate"), r.get("pointing_hit_rate_ci95")),
+                _fmt(r["pointing_hit_rate_best_cell"])
+                if "pointing_hit_rate_best_cell" in r
+                else "—",
                 f"{_fmt(r.get('coronary_mass_share_median'))} / "
                 f"{_fmt(r.get('coronary_mass_share_mean'))}",
                 f"{_fmt(r.get('noncoronary_mass_share_median'))} / "
@@ -303,7 +307,10 @@ def write_report(
             "calcium (label 2 of the label maps, e.g. aortic wall and valves). The "
             "'on calcium' maps are kept on the scan's calcium candidates only. Integrated "
             "gradients: which calcifications raise the CAC score, from the scan without its "
-            "calcium to the scan itself; Grad-CAM's cells are centimetres wide.</p>"
+            "calcium to the scan itself; Grad-CAM's cells are centimetres wide. Best single "
+            "cell: the hit rate of a Grad-CAM that marks only the best-placed cell of its "
+            "grid; its maximum can only fall at or next to a few voxels per cell, so this is "
+            "about the most Grad-CAM at that layer can reach, whatever the network learned.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
