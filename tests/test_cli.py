@@ -227,6 +227,7 @@ def finished_files(cache):
 def bad_scans(folder, head):
     """(visit, path) of scans that must fail alone, each in its own way."""
     from aidnet.io.dicom import write_dicom_series
+    from aidnet.phantom.cohort import render_pair
     from test_lung import synthetic_chest
 
     folder.mkdir()
@@ -242,6 +243,8 @@ def bad_scans(folder, head):
     write_nifti(head.array.astype(np.int16), head.affine, folder / "head.nii.gz")
     mr = write_dicom_series(chest, folder / "mr", patient_name="SECRET^NAME", patient_id="9")
     edit_modality(mr, "MR")
+    enhanced, _, _ = render_pair(3, "small", 1, blood_hu=250.0)[0]
+    write_nifti(enhanced.array, enhanced.affine, folder / "contrast.nii.gz")
     return [
         ("missing", folder / "missing.nii.gz", "file not found"),
         ("empty", folder / "empty.nii.gz", "file is empty"),
@@ -249,6 +252,7 @@ def bad_scans(folder, head):
         ("nan", folder / "nan.nii.gz", "NaN"),
         ("head", folder / "head.nii.gz", "no lungs found"),
         ("mr", mr, "not a CT series (modality MR)"),
+        ("contrast", folder / "contrast.nii.gz", "looks contrast-enhanced"),
     ]
 
 
@@ -279,8 +283,8 @@ def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path
     for (visit, path, problem), line in zip(sorted(bad), lines, strict=True):
         assert line.startswith(f"failed B1_{visit}: {path}: "), line
         assert problem in line, line
-    assert f"2 of 8 scans preprocessed into {cache} (0 reused, 6 failed)" in result.stdout
-    assert "aidnet: error: 6 scan(s) failed" in result.stderr
+    assert f"2 of 9 scans preprocessed into {cache} (0 reused, 7 failed)" in result.stdout
+    assert "aidnet: error: 7 scan(s) failed" in result.stderr
     assert "SECRET" not in result.output
     names = cache_listing(cache)
     assert names[-1] == "qc" and len(names) == 3

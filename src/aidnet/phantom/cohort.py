@@ -59,7 +59,7 @@ def _noise_scale(spacing: tuple[float, float, float]) -> float:
 
 
 def render_pair(
-    subject_seed: int, size: str, target_class: int
+    subject_seed: int, size: str, target_class: int, blood_hu: float | None = None
 ) -> list[tuple[Volume, np.ndarray, dict]]:
     """The scan and the rescan of one subject (same anatomy, new acquisition each).
 
@@ -67,6 +67,8 @@ def render_pair(
     on the canonical (z, y, x) grid, ``labels`` uint8 (0 background, 1 coronary calcium, 2 other
     calcium, 3 lung) and ``info`` the acquisition and its Agatston score (from
     :func:`aidnet.agatston.agatston` on exactly this int16 array with ``labels == 1``).
+    ``blood_hu`` replaces the subject's blood value (about 30–45 HU): an iodine-enhanced blood
+    pool, i.e. a contrast CT, which aidnet must refuse.
     """
     from aidnet.agatston import agatston
 
@@ -75,6 +77,8 @@ def render_pair(
     if target_class not in (0, 1, 2):
         raise AidnetError(f"target class must be 0, 1 or 2, not {target_class}")
     subject = draw_subject(np.random.default_rng(subject_seed), target_class)
+    if blood_hu is not None:
+        subject.p["hu_blood"] = float(blood_hu)
     pairs = []
     for v, visit in enumerate(VISITS):
         rng = np.random.default_rng([subject_seed, v + 1])

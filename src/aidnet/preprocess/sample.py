@@ -10,9 +10,10 @@ from aidnet.agatston import drop_small_components
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
 from aidnet.lung import lung_hull, segment_lungs
-from aidnet.lung.grid import block_any, upsample_nearest, working_factors
+from aidnet.lung.grid import block_any, block_mean, upsample_nearest, working_factors
 from aidnet.lung.segment import check_finite
 from aidnet.preprocess.config import PreprocessConfig, as_config
+from aidnet.preprocess.contrast import check_unenhanced
 from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.resample import resample_max, resample_mean
 
@@ -81,7 +82,8 @@ def preprocess_volume(
        neighbour; the dilation is ``dilation_iterations`` 6-connected steps of the scan's own
        grid (DSB2017), computed exactly on the working grid.
     2. Crop to the lungs' bounding box (it holds the heart), widened by ``margin_mm`` (default
-       none, as in the paper) within the scan.
+       none, as in the paper) within the scan. A contrast-enhanced scan is refused here
+       (:func:`aidnet.preprocess.contrast.check_unenhanced`).
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
        components under 1 mm² (noise, by the Agatston rules).
     4. Resample to ``size`` (Z, Y, X): channel 0 averages each network voxel's footprint,
@@ -143,9 +145,10 @@ def _region_of_interest(
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     crop_lungs = lungs[crop] != 0
     factors = working_factors(volume.spacing, crop_lungs.shape)
-    hull_small = lung_hull(
-        block_any(crop_lungs, factors), config.dilation_iterations, steps=factors
-    )
+    lungs_small = block_any(crop_lungs, factors)
+    working_mm = tuple(float(s) * f for s, f in zip(volume.spacing, factors, strict=True))
+    check_unenhanced(block_mean(array[crop], factors), lungs_small, working_mm)  # type: ignore[arg-type]
+    hull_small = lung_hull(lungs_small, config.dilation_iterations, steps=factors)
     hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
     ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
     return box, ct, calcium
