@@ -57,6 +57,43 @@ def test_bad_manifests_name_the_problem(tmp_path, text, message):
         read_manifest(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("cell", "label"),
+    [
+        ("0", 0),
+        ("1-99", 1),
+        ("100–399", 1),
+        ("100 to 399", 1),
+        (">=400", 2),
+        ("≥ 400", 2),
+        ("400+", 2),
+        ("> 1000", 2),
+    ],
+)
+def test_report_categories_within_one_class_give_that_class(tmp_path, cell, label):
+    path = write(tmp_path, f"subject,visit,path,agatston\nP1,scan,a.nii.gz,{cell}\n")
+    assert read_manifest(path)[0].label == label
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (">=300", "'>=300' spans the classes 1–399 and ≥ 400"),  # CAC-DRS
+        ("0-10", "'0-10' spans the classes 0 and 1–399"),
+        (">0", "spans the classes 1–399 and ≥ 400"),
+        ("0-1000", "spans the classes 0, 1–399 and ≥ 400"),
+        ("99-1", "range '99-1' runs backwards"),
+        ("1-x", "'1-x' is not a number, nor a range"),
+    ],
+)
+def test_categories_across_classes_are_refused(tmp_path, cell, message):
+    path = write(tmp_path, f"subject,visit,path,agatston\nP1,scan,a.nii.gz,{cell}\n")
+    with pytest.raises(AidnetError) as caught:
+        read_manifest(path)
+    assert str(caught.value).startswith(f"{path}, line 2: agatston ")
+    assert message in str(caught.value)
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(AidnetError, match="manifest not found"):
         read_manifest(tmp_path / "nope.csv")

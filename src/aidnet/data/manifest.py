@@ -33,17 +33,63 @@ class ScanRecord:
         return None if self.agatston is None else score_class(self.agatston)
 
 
-def _parse_score(text: str, where: str) -> float | None:
-    text = text.strip()
-    if text == "":
-        return None
+_CLASS_NAMES = ("0", "1–399", "≥ 400")
+
+
+def _number(text: str, where: str, whole: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise AidnetError(f"{where}: agatston '{text}' is not a number") from None
+        raise AidnetError(
+            f"{where}: agatston '{whole}' is not a number, nor a range such as 1-99 or >=400"
+        ) from None
     if not math.isfinite(value) or value < 0:
-        raise AidnetError(f"{where}: agatston must be a finite number >= 0, not {text}")
+        raise AidnetError(f"{where}: agatston must be a finite number >= 0, not {whole}")
     return value
+
+
+def _bounds(text: str, where: str) -> tuple[float, float]:
+    """(lowest, highest) score a manifest cell allows: one number, a range ``a-b`` (also with
+    an en dash or "to"), or an open range ``>=a``, ``≥a``, ``a+`` or ``>a``."""
+    compact = text.replace(" ", "").replace("–", "-").replace("—", "-").lower()
+    for prefix in (">=", "≥", "=>"):
+        if compact.startswith(prefix):
+            return _number(compact[len(prefix) :], where, text), math.inf
+    if compact.startswith(">"):
+        low = _number(compact[1:], where, text)
+        return math.nextafter(low, math.inf), math.inf
+    if compact.endswith("+"):
+        return _number(compact[:-1], where, text), math.inf
+    for separator in ("-", "to"):
+        low, sep, high = compact.partition(separator)
+        if sep and low and high:
+            a, b = _number(low, where, text), _number(high, where, text)
+            if a > b:
+                raise AidnetError(f"{where}: agatston range '{text}' runs backwards")
+            return a, b
+    value = _number(compact, where, text)
+    return value, value
+
+
+def _parse_score(text: str, where: str) -> float | None:
+    """The Agatston score of a manifest cell, or None when it is empty (unlabelled).
+
+    Reports often give a category rather than a score: a range that lies within one of the
+    paper's classes (``0``, ``1-99``, ``100-399``, ``>=400``, ``400+``) stands for its lowest
+    score, since only the class is used; a range across classes (CAC-DRS ``>=300``) is an error.
+    """
+    text = text.strip()
+    if text == "":
+        return None
+    low, high = _bounds(text, where)
+    if score_class(low) != score_class(high):
+        names = list(_CLASS_NAMES[score_class(low) : score_class(high) + 1])
+        classes = ", ".join(names[:-1]) + " and " + names[-1]
+        raise AidnetError(
+            f"{where}: agatston '{text}' spans the classes {classes}; give a score or a range "
+            "within one class (0, 1–399, ≥ 400)"
+        )
+    return low
 
 
 def read_manifest(path: Path | str, *, check_files: bool = True) -> list[ScanRecord]:
