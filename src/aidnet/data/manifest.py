@@ -56,14 +56,13 @@ def _bounds(text: str, where: str) -> tuple[float, float]:
         if compact.startswith(prefix):
             return _number(compact[len(prefix) :], where, text), math.inf
     if compact.startswith(">"):
-        low = _number(compact[1:], where, text)
-        return math.nextafter(low, math.inf), math.inf
+        return math.nextafter(_number(compact[1:], where, text), math.inf), math.inf
     if compact.endswith("+"):
         return _number(compact[:-1], where, text), math.inf
     for separator in ("-", "to"):
-        low, sep, high = compact.partition(separator)
-        if sep and low and high:
-            a, b = _number(low, where, text), _number(high, where, text)
+        first, sep, last = compact.partition(separator)
+        if sep and first and last:
+            a, b = _number(first, where, text), _number(last, where, text)
             if a > b:
                 raise AidnetError(f"{where}: agatston range '{text}' runs backwards")
             return a, b
