@@ -320,6 +320,35 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     assert {k for k, _ in hits} == set(positive)
     assert all((h == "0") == (key == missed) for (key, _), h in hits.items())
     assert all(float(r["peak_distance_mm"]) > 5 for r in rows if r["hit"] == "0")
+    assert not (out / evaluate_module.LOCALISATION_LOG).exists()  # gone with the outputs written
+
+    # killed after the first scan, then run again: the rest is computed, nothing twice
+    import aidnet.pipeline.explain as explain_module
+
+    real, calls = explain_module.localise_item, []
+
+    def dies_after_one(model, item, base):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(item.record.key)
+        return real(model, item, base)
+
+    def counted(model, item, base):
+        calls.append(item.record.key)
+        return real(model, item, base)
+
+    again = tmp_path / "again"
+    monkeypatch.setattr(explain_module, "localise_item", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_module.evaluate_run(trained.path, manifest, again, cache_dir=cache, n_boot=0)
+    assert not (again / "metrics.json").exists()
+    assert (again / evaluate_module.LOCALISATION_LOG).is_file()
+    monkeypatch.setattr(explain_module, "localise_item", counted)
+    evaluate_module.evaluate_run(trained.path, manifest, again, cache_dir=cache, n_boot=0)
+    assert sorted(calls) == sorted(r.key for r in records)
+    assert (again / "localisation.csv").read_text() == (out / "localisation.csv").read_text()
+    assert json.loads((again / "metrics.json").read_text())["localisation"] == saved
+    assert not (again / evaluate_module.LOCALISATION_LOG).exists()
 
     # localise=False: no localisation anywhere
     off = tmp_path / "off"

@@ -128,6 +128,45 @@ def test_explain_writes_maps_on_the_original_grid(run, cohort, tmp_path):
     assert (tmp_path / f"{record.key}_gradcam.png").stat().st_size > 1000
 
 
+def test_explain_resumes_after_a_kill(run, cohort, tmp_path, monkeypatch):
+    """Killed after its first scan, explain run again computes only the rest; a scan whose map
+    file was deleted meanwhile is computed again."""
+    import aidnet.pipeline.explain as explain_module
+
+    real, calls = explain_module.explain_item, []
+
+    def dies_after_one(trained, item, out, base=None):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(item.record.key)
+        return real(trained, item, out, base=base)
+
+    def counted(trained, item, out, base=None):
+        calls.append(item.record.key)
+        return real(trained, item, out, base=base)
+
+    monkeypatch.setattr(explain_module, "explain_item", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        explain_manifest(run, cohort, tmp_path, limit=3)
+    assert (tmp_path / explain_module.EXPLAIN_LOG).is_file() and len(calls) == 1
+    monkeypatch.setattr(explain_module, "explain_item", counted)
+    written = explain_manifest(run, cohort, tmp_path, limit=3)
+    keys = [w["key"] for w in written]
+    assert len(keys) == 3 and sorted(calls) == sorted(keys)  # none twice
+    assert all(w["gradcam"] == tmp_path / f"{w['key']}_gradcam.nii.gz" for w in written)
+    assert not (tmp_path / explain_module.EXPLAIN_LOG).exists()
+    # a log left by another kill, and a map deleted by hand: that scan is computed again
+    monkeypatch.setattr(explain_module, "explain_item", dies_after_one)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        explain_manifest(run, cohort, tmp_path, limit=3)
+    (tmp_path / f"{keys[0]}_attention.png").unlink()
+    monkeypatch.setattr(explain_module, "explain_item", counted)
+    calls.clear()
+    explain_manifest(run, cohort, tmp_path, limit=3)
+    assert sorted(calls) == sorted(keys)  # the first scan's log entry lost a file
+
+
 @pytest.mark.slow
 def test_demo_leaves_a_report(tmp_path):
     from aidnet.pipeline import run_demo

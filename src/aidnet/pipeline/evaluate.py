@@ -9,6 +9,8 @@ import torch
 
 from aidnet.pipeline.common import cached_items, load_trained, raise_if_failed, select_records
 
+LOCALISATION_LOG = ".localisation-progress.jsonl"
+
 
 def evaluate_run(
     checkpoint: Path,
@@ -22,11 +24,17 @@ def evaluate_run(
 ) -> dict:
     """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics.
 
+    The localisation is resumable: each scored scan is logged in
+    ``out/.localisation-progress.jsonl`` (see :mod:`aidnet.pipeline.resume`) until the outputs
+    are written with no scan failed.
+
     With ``localise`` and label maps in the manifest (``label_path``), the Grad-CAM and SAG
     maps of every scan whose label map holds coronary calcium are scored (pointing game, mass
     shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
     ``metrics["localisation"][map]`` summaries.
     """
+    from tqdm import tqdm
+
     from aidnet.evaluation.metrics import binary_metrics, multiclass_confusion
     from aidnet.evaluation.plots import plot_confusion, plot_roc
     from aidnet.evaluation.predictions import (
@@ -36,6 +44,7 @@ def evaluate_run(
     )
     from aidnet.explain.localisation import write_localisation_csv
     from aidnet.pipeline.explain import localisation_summary, localise_item
+    from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
     from aidnet.training.loop import predict_items
 
     trained = load_trained(checkpoint)
@@ -43,11 +52,16 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
     # localisation first: a label map that does not fit its scan stops before any output
-    loc_rows = (
-        [row for item in items for row in localise_item(trained, item, manifest.parent)]
-        if localise
-        else []
-    )
+    log = ScanLog(out / LOCALISATION_LOG, job_context("localise", trained.path))
+    loc_rows: list[dict] = []
+    for item in tqdm(items if localise else [], desc="localise", unit="scan", disable=None):
+        logged = log.get(item)
+        if logged is None:
+            rows = localise_item(trained, item, manifest.parent)
+            log.add(item, rows_to_json(rows))
+        else:
+            rows = rows_from_json(logged)
+        loc_rows += rows
     probs = predict_items(trained.model, items, trained.num_classes, torch.device("cpu"))
     rows = []
     for item, p in zip(items, probs, strict=True):
@@ -104,5 +118,7 @@ def evaluate_run(
     else:  # no stale scores from an earlier evaluation into the same folder
         (out / "localisation.csv").unlink(missing_ok=True)
     write_metrics_json(out / "metrics.json", metrics)
+    if not failures:
+        log.remove()
     raise_if_failed(failures, "evaluated")
     return metrics

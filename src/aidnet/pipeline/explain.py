@@ -186,8 +186,16 @@ def explain_manifest(
     split: str = "all",
 ) -> list[dict]:
     """Explain the manifest's scans (optionally only ``keys``, at most ``limit``); with label
-    maps in the manifest (``label_path``) also ``out/localisation.csv``."""
+    maps in the manifest (``label_path``) also ``out/localisation.csv``.
+
+    Resumable: each finished scan is logged in ``out/.explain-progress.jsonl`` (see
+    :mod:`aidnet.pipeline.resume`); run again after a kill, the scans whose maps are all there
+    are not computed again. The log is removed when every scan succeeded.
+    """
+    from tqdm import tqdm
+
     from aidnet.explain.localisation import write_localisation_csv
+    from aidnet.pipeline.resume import ScanLog, job_context
 
     trained = load_trained(checkpoint)
     records = select_records(manifest, trained, split)
@@ -198,11 +206,50 @@ def explain_manifest(
         records = records[:limit]
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
-    written = [explain_item(trained, item, out, base=manifest.parent) for item in items]
+    log = ScanLog(out / EXPLAIN_LOG, job_context("explain", trained.path))
+    written = []
+    for item in tqdm(items, desc="explain", unit="scan", disable=None):
+        entry = _from_log(log.get(item))
+        if entry is None:
+            entry = explain_item(trained, item, out, base=manifest.parent)
+            log.add(item, _to_log(entry))
+        written.append(entry)
     rows = [row for w in written for row in w.get("localisation", [])]
     if rows:
         write_localisation_csv(out / "localisation.csv", rows)
     else:  # no stale scores from an earlier run into the same folder
         (out / "localisation.csv").unlink(missing_ok=True)
+    if not failures:
+        log.remove()
     raise_if_failed(failures, "explained")
     return written
+
+
+EXPLAIN_LOG = ".explain-progress.jsonl"
+
+
+def _to_log(entry: dict) -> dict:
+    from aidnet.pipeline.resume import rows_to_json
+
+    out: dict = {k: str(v) for k, v in entry.items() if k != "localisation"}
+    if "localisation" in entry:
+        out["localisation"] = rows_to_json(entry["localisation"])
+    return out
+
+
+def _from_log(value: dict | None) -> dict | None:
+    """A logged :func:`explain_item` result, or None if any of its files has gone."""
+    from aidnet.pipeline.resume import rows_from_json
+
+    if value is None:
+        return None
+    entry: dict = {"key": value["key"]}
+    for name, path in value.items():
+        if name in ("key", "localisation"):
+            continue
+        if not Path(path).is_file():
+            return None
+        entry[name] = Path(path)
+    if "localisation" in value:
+        entry["localisation"] = rows_from_json(value["localisation"])
+    return entry

@@ -1,0 +1,92 @@
+"""Per-scan results of a long job, kept as they come, so that a killed run resumes.
+
+Heat maps with integrated gradients take seconds to a minute per scan on a CPU; on a cohort of
+thousands a kill must not throw the finished scans away. A :class:`ScanLog` is a JSON-lines file
+in the job's output folder: one line per finished scan, written and flushed as soon as that scan
+is done. Each line carries the job's context (what it computes, the checkpoint's SHA-256, the
+aidnet version) and the scan's cache file, whose name fixes its input file and preprocessing.
+Run again into the same folder, the job serves the scans it finds there and computes only the
+rest; lines of another context, or one cut short by the kill, are ignored. The file is removed
+once the job has written its final outputs with no scan failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aidnet.atomic import atomic_path
+from aidnet.data.datasets import Item
+
+
+def job_context(job: str, checkpoint: Path) -> dict:
+    """What a log's lines must share to be reused: the job, the checkpoint and aidnet's version."""
+    from aidnet import __version__
+    from aidnet.pipeline.predict import file_sha256
+
+    digest = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
+    return {"job": job, "checkpoint": str(checkpoint), "sha256": digest, "aidnet": __version__}
+
+
+class ScanLog:
+    """Finished scans of one job (see the module docstring)."""
+
+    def __init__(self, path: Path, context: dict) -> None:
+        self.path = Path(path)
+        self.context = context
+        self._done: dict[tuple[str, str], Any] = {}
+        kept: list[str] = []
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # cut short by a kill
+                if isinstance(entry, dict) and entry.get("context") == context:
+                    self._done[(entry["key"], entry["cache"])] = entry["value"]
+                    kept.append(line)
+            # keep only what this run can use; the file then ends with a whole line
+            with atomic_path(self.path, suffix=".jsonl") as tmp:
+                tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def get(self, item: Item) -> Any | None:
+        """The stored result of ``item`` (same scan, same cache file), or None."""
+        return self._done.get((item.record.key, Path(item.cache).name))
+
+    def add(self, item: Item, value: Any) -> None:
+        """Store ``item``'s result (JSON-serialisable) and flush it to disk at once."""
+        key = (item.record.key, Path(item.cache).name)
+        entry = {"context": self.context, "key": key[0], "cache": key[1], "value": value}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._done[key] = value
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def rows_to_json(rows: list[dict]) -> list[dict]:
+    """``localisation_rows`` output as JSON values (the score as a plain dict)."""
+    return [{**row, "score": asdict(row["score"])} for row in rows]
+
+
+def rows_from_json(rows: list[dict]) -> list[dict]:
+    """The inverse of :func:`rows_to_json`."""
+    from aidnet.explain.localisation import Localisation
+
+    out = []
+    for row in rows:
+        score = dict(row["score"])
+        if score.get("peak") is not None:
+            score["peak"] = tuple(int(i) for i in score["peak"])
+        out.append({**row, "score": Localisation(**score)})
+    return out
