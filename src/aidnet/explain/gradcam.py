@@ -130,8 +130,9 @@ def cell_peaks(grid: tuple[int, ...], geometry: CropGeometry) -> list[np.ndarray
     maximum, the pointing game's rule.
 
     Trilinear resampling is separable: a cell's peak is the product of its peaks along each
-    axis, and the peaks of all cells the product of these per-axis sets. Wherever Grad-CAM puts
-    its weight, its maximum lies at or within about a network voxel of one of them.
+    axis, and the peaks of all cells the product of these per-axis sets. A real Grad-CAM, with
+    weight on several cells, peaks near one of them (on a phantom's 98 test scans, within 1.33
+    network voxels along every axis).
     """
     axes = []
     crop_start = geometry.crop_box[0::2]

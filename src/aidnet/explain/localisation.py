@@ -12,10 +12,11 @@ calcium, 2 other calcium, other values ignored) and the voxel spacing in mm:
   overlap (a plaque beside aortic calcium), so the shares need not add up to 1 or less.
 
 * **best single cell** (Grad-CAM only): would a map that marks one cell of Grad-CAM's grid, and
-  nothing else, win the pointing game? Its maximum can only land at a few voxels per cell (see
-  :func:`aidnet.explain.gradcam.cell_peaks`), so with cells centimetres wide most plaques lie
-  more than 5 mm from every one of them; the share of scans where one does is the hit rate the
-  best-placed Grad-CAM on that grid reaches, whatever the network learned.
+  nothing else, win the pointing game? Such a map peaks at one voxel per cell (see
+  :func:`aidnet.explain.gradcam.cell_peaks`), and a real Grad-CAM within about a network voxel
+  of one of them. With cells centimetres wide, most plaques lie more than 5 mm from every one
+  of them, so the share of scans where one does roughly bounds Grad-CAM's hit rate on that
+  grid, whatever the network learned.
 
 Only scans whose label map holds coronary calcium are scored. Summaries give the hit rate with a
 95% Wilson score interval (scans counted as independent trials) and the median and mean shares.

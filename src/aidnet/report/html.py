@@ -309,8 +309,9 @@ def write_report(
             "gradients: which calcifications raise the CAC score, from the scan without its "
             "calcium to the scan itself; Grad-CAM's cells are centimetres wide. Best single "
             "cell: the hit rate of a Grad-CAM that marks only the best-placed cell of its "
-            "grid; its maximum can only fall at or next to a few voxels per cell, so this is "
-            "about the most Grad-CAM at that layer can reach, whatever the network learned.</p>"
+            "grid. A real Grad-CAM peaks within about a network voxel of one of those "
+            "voxels, so this is roughly the most Grad-CAM at that layer can reach, whatever "
+            "the network learned.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
