@@ -50,3 +50,19 @@ def test_context_names_the_checkpoint_by_content(tmp_path):
     b.write_bytes(b"other weights")
     assert job_context("explain", a)["sha256"] != job_context("explain", b)["sha256"]
     assert job_context("explain", a) != job_context("localise", a)
+
+
+def test_a_changed_label_map_is_scored_again(tmp_path):
+    import os
+
+    label = tmp_path / "labels" / "P1_scan_label.nii.gz"
+    label.parent.mkdir()
+    label.write_bytes(b"labels")
+    record = ScanRecord("P1", "scan", tmp_path / "P1", 0.0, {"label_path": "labels/" + label.name})
+    scan = Item(record, tmp_path / "cache" / "P1_scan-0123.npz")
+    log = ScanLog(tmp_path / ".progress.jsonl", {"job": "localise"}, base=tmp_path)
+    log.add(scan, [{"hit": 1}])
+    assert ScanLog(log.path, log.context, base=tmp_path).get(scan) == [{"hit": 1}]
+    label.write_bytes(b"new labels")
+    os.utime(label, ns=(1, 1))
+    assert ScanLog(log.path, log.context, base=tmp_path).get(scan) is None

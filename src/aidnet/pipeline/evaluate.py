@@ -52,7 +52,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
     # localisation first: a label map that does not fit its scan stops before any output
-    log = ScanLog(out / LOCALISATION_LOG, job_context("localise", trained.path))
+    log = ScanLog(out / LOCALISATION_LOG, job_context("localise", trained.path), manifest.parent)
     loc_rows: list[dict] = []
     for item in tqdm(items if localise else [], desc="localise", unit="scan", disable=None):
         logged = log.get(item)

@@ -206,7 +206,7 @@ def explain_manifest(
         records = records[:limit]
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
-    log = ScanLog(out / EXPLAIN_LOG, job_context("explain", trained.path))
+    log = ScanLog(out / EXPLAIN_LOG, job_context("explain", trained.path), manifest.parent)
     written = []
     for item in tqdm(items, desc="explain", unit="scan", disable=None):
         entry = _from_log(log.get(item))

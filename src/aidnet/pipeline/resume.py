@@ -4,7 +4,8 @@ Heat maps with integrated gradients take seconds to a minute per scan on a CPU; 
 thousands a kill must not throw the finished scans away. A :class:`ScanLog` is a JSON-lines file
 in the job's output folder: one line per finished scan, written and flushed as soon as that scan
 is done. Each line carries the job's context (what it computes, the checkpoint's SHA-256, the
-aidnet version) and the scan's cache file, whose name fixes its input file and preprocessing.
+aidnet version) and the scan's fingerprint: its cache file, whose name fixes its input file and
+preprocessing, and the size and time of its label map, when it has one.
 Run again into the same folder, the job serves the scans it finds there and computes only the
 rest; lines of another context, or one cut short by the kill, are ignored. The file is removed
 once the job has written its final outputs with no scan failed.
@@ -22,6 +23,23 @@ from aidnet.atomic import atomic_path
 from aidnet.data.datasets import Item
 
 
+def fingerprint(item: Item, base: Path | None = None) -> str:
+    """What must not have changed for a scan's logged result to stand: its cache file (input
+    file and preprocessing) and, if its manifest row names one (relative to ``base``), the
+    size and modification time of its label map."""
+    from aidnet.pipeline.explain import label_path_of
+
+    parts = [Path(item.cache).name]
+    label = None if base is None else label_path_of(item.record, base)
+    if label is not None:
+        try:
+            st = label.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("missing")
+    return "|".join(parts)
+
+
 def job_context(job: str, checkpoint: Path) -> dict:
     """What a log's lines must share to be reused: the job, the checkpoint and aidnet's version."""
     from aidnet import __version__
@@ -34,9 +52,10 @@ def job_context(job: str, checkpoint: Path) -> dict:
 class ScanLog:
     """Finished scans of one job (see the module docstring)."""
 
-    def __init__(self, path: Path, context: dict) -> None:
+    def __init__(self, path: Path, context: dict, base: Path | None = None) -> None:
         self.path = Path(path)
         self.context = context
+        self.base = base  # the manifest's folder, for label maps (see fingerprint)
         self._done: dict[tuple[str, str], Any] = {}
         kept: list[str] = []
         if self.path.is_file():
@@ -56,12 +75,12 @@ class ScanLog:
         return len(self._done)
 
     def get(self, item: Item) -> Any | None:
-        """The stored result of ``item`` (same scan, same cache file), or None."""
-        return self._done.get((item.record.key, Path(item.cache).name))
+        """The stored result of ``item`` (same scan, same fingerprint), or None."""
+        return self._done.get((item.record.key, fingerprint(item, self.base)))
 
     def add(self, item: Item, value: Any) -> None:
         """Store ``item``'s result (JSON-serialisable) and flush it to disk at once."""
-        key = (item.record.key, Path(item.cache).name)
+        key = (item.record.key, fingerprint(item, self.base))
         entry = {"context": self.context, "key": key[0], "cache": key[1], "value": value}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
