@@ -243,6 +243,7 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     import csv
     import json
 
+    import aidnet.pipeline.common as common_module
     import aidnet.pipeline.evaluate as evaluate_module
     from aidnet.data.cache import load_cached, preprocess_cohort
     from aidnet.data.manifest import read_manifest
@@ -277,7 +278,7 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
         tmp_path / "stand-in.pt",
         None,
     )
-    monkeypatch.setattr(evaluate_module, "load_trained", lambda checkpoint: trained)
+    monkeypatch.setattr(common_module, "load_trained", lambda checkpoint: trained)
     out = tmp_path / "eval"
     metrics = evaluate_module.evaluate_run(trained.path, manifest, out, cache_dir=cache, n_boot=0)
     n = len(positive)

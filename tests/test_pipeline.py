@@ -167,6 +167,82 @@ def test_explain_resumes_after_a_kill(run, cohort, tmp_path, monkeypatch):
     assert sorted(calls) == sorted(keys)  # the first scan's log entry lost a file
 
 
+def test_seed_ensemble_on_one_split(run, cohort, tmp_path):
+    """A second seed trained with splits= on the first run's split; evaluate and predict with
+    both average the members' class probabilities; a member on another split, or with another
+    input size, is refused with one line."""
+    import shutil
+
+    from aidnet.data.manifest import read_manifest
+    from aidnet.data.splits import read_splits, write_splits
+    from aidnet.pipeline.predict import predict_scans
+
+    config = load_config("tiny", epochs=1, seed=1, val_fraction=0.25, test_fraction=0.25)
+    second = tmp_path / "seed1"
+    train(config, cohort, second, progress=False, splits=run / "splits.csv")
+    assert read_splits(second / "splits.csv") == read_splits(run / "splits.csv")
+    # resuming on another split is refused
+    other = read_splits(run / "splits.csv")
+    a_test = min(s for s, v in other.items() if v == "test")
+    a_train = min(s for s, v in other.items() if v == "train")
+    other[a_test], other[a_train] = "train", "test"  # one subject each way
+    write_splits(tmp_path / "other.csv", other)
+    with pytest.raises(AidnetError, match="started on another subject split"):
+        train(config, cohort, second, resume=True, progress=False, splits=tmp_path / "other.csv")
+
+    single = [
+        evaluate_run(r, cohort, tmp_path / r.name, split="test", n_boot=0) for r in (run, second)
+    ]
+    both = evaluate_run([run, second], cohort, tmp_path / "both", split="test", n_boot=0)
+    assert both["model"] == "aidnet ×2" and both["n"] == single[0]["n"]
+    assert both["checkpoint"] == [str(run / "best.pt"), str(second / "best.pt")]
+    assert "localisation" not in both
+
+    def p_cac(folder):
+        with (folder / "predictions.csv").open() as fh:
+            return {(r["subject"], r["visit"]): float(r["p_cac"]) for r in csv.DictReader(fh)}
+
+    a, b, mean = p_cac(tmp_path / run.name), p_cac(tmp_path / second.name), p_cac(tmp_path / "both")
+    assert mean.keys() == a.keys()
+    assert all(mean[k] == pytest.approx((a[k] + b[k]) / 2, abs=2e-6) for k in mean)
+    assert any(abs(a[k] - b[k]) > 1e-3 for k in mean), "the two seeds should differ"
+
+    scan = read_manifest(cohort)[0].path
+    one = [predict_scans(r, [scan], tmp_path / f"p-{r.name}")["p_cac"] for r in (run, second)]
+    pair = predict_scans([run, second], [scan], tmp_path / "p-both")
+    assert pair["p_cac"] == pytest.approx(sum(one) / 2, abs=2e-6)
+    assert pair["model"] == "aidnet ×2" and len(pair["checkpoint_sha256"]) == 2
+    assert (tmp_path / "p-both" / "scan_gradcam.nii.gz").exists()
+
+    # a member trained on another split cannot be evaluated on "the" test split
+    moved = tmp_path / "moved"
+    shutil.copytree(second, moved)
+    write_splits(moved / "splits.csv", other)
+    with pytest.raises(AidnetError, match="trained on another subject split"):
+        evaluate_run([run, moved], cohort, tmp_path / "bad", split="test", n_boot=0)
+    # a member with another input size cannot share the preprocessed scans
+    small = tmp_path / "small"
+    train(
+        load_config("tiny", epochs=1, input_size=(16, 16, 16)),
+        cohort,
+        small,
+        progress=False,
+        splits=run / "splits.csv",
+    )
+    with pytest.raises(AidnetError, match=r"cannot be averaged with .*input 16×16×16"):
+        evaluate_run([run, small], cohort, tmp_path / "bad2", n_boot=0)
+
+
+def test_a_bad_split_file_fails_before_the_run_folder_exists(cohort, tmp_path):
+    bad = tmp_path / "splits.csv"
+    bad.write_text("subject,split\nP0001,holdout\n")
+    with pytest.raises(AidnetError, match="unknown split.*holdout"):
+        train(load_config("tiny"), cohort, tmp_path / "run", progress=False, splits=bad)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(AidnetError, match="split file not found"):
+        train(load_config("tiny"), cohort, tmp_path / "run", splits=tmp_path / "none.csv")
+
+
 @pytest.mark.slow
 def test_demo_leaves_a_report(tmp_path):
     from aidnet.pipeline import run_demo

@@ -189,6 +189,9 @@ def train(
     workers: int = typer.Option(1, "--workers", min=1, help="Preprocessing processes."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 …"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    splits: Path | None = typer.Option(
+        None, "--splits", help="Another run's splits.csv: train on the same subject split."
+    ),
 ) -> None:
     """Train a model on the manifest's scan–rescan pairs from Agatston scores alone."""
     from aidnet.config import load_config
@@ -216,7 +219,14 @@ def train(
         seed=seed,
     )
     best = run_training(
-        config, manifest, out, resume=resume, cache_dir=cache, workers=workers, device=device
+        config,
+        manifest,
+        out,
+        resume=resume,
+        cache_dir=cache,
+        workers=workers,
+        device=device,
+        splits=splits,
     )
     typer.echo(f"best checkpoint: {best}")
 
@@ -245,7 +255,9 @@ def _check_resume_flags(out: Path, flags: dict[str, tuple[str, Any]], epochs: in
 @app.command()
 @friendly
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    checkpoint: list[Path] = typer.Option(
+        ..., "--checkpoint", help="Run folder or checkpoint file; repeat it for an ensemble."
+    ),
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Folder for predictions.csv and metrics.json."),
     split: str = typer.Option(
@@ -264,7 +276,9 @@ def evaluate(
 @app.command()
 @friendly
 def predict(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    checkpoint: list[Path] = typer.Option(
+        ..., "--checkpoint", help="Run folder or checkpoint file; repeat it for an ensemble."
+    ),
     scan: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
     rescan: Path | None = typer.Argument(None, help="Optional rescan of the same person."),
     out: Path = typer.Option(..., "--out", help="Folder for prediction.json."),

@@ -64,3 +64,21 @@ def read_splits(path: Path) -> dict[str, str]:
             return {row["subject"]: row["split"] for row in csv.DictReader(fh)}
     except (OSError, KeyError) as exc:
         raise AidnetError(f"{path}: cannot read the saved split ({exc})") from None
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def read_given_splits(path: Path) -> dict[str, str]:
+    """A ``subject,split`` file given by the user (e.g. another run's ``splits.csv``): each
+    split must be train, val or test, and train and val must not be empty."""
+    if not Path(path).is_file():
+        raise AidnetError(f"{path}: split file not found")
+    assignment = read_splits(Path(path))
+    bad = sorted({v for v in assignment.values() if v not in SPLIT_NAMES})
+    if bad:
+        raise AidnetError(f"{path}: unknown split(s) {', '.join(bad)}; use train, val or test")
+    for name in ("train", "val"):
+        if name not in assignment.values():
+            raise AidnetError(f"{path}: no subject in the {name} split")
+    return assignment

@@ -38,6 +38,54 @@ def load_trained(checkpoint: Path) -> Trained:
     return Trained(model, state["model_spec"], path, checkpoint if checkpoint.is_dir() else None)
 
 
+def load_ensemble(checkpoints: Path | list[Path]) -> list[Trained]:
+    """One or more trained models whose class probabilities are averaged (a seed ensemble).
+
+    Members must share the network input size (so one preprocessed scan serves them all) and
+    the class count; anything else is one AidnetError line naming the member that differs.
+    """
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise AidnetError("give at least one --checkpoint")
+    members = [load_trained(Path(p)) for p in paths]
+    first = members[0]
+    for other in members[1:]:
+        if (other.input_size, other.num_classes) != (first.input_size, first.num_classes):
+            raise AidnetError(
+                f"{other.path}: cannot be averaged with {first.path}: input "
+                f"{'×'.join(map(str, other.input_size))} with {other.num_classes} classes, "
+                f"not {'×'.join(map(str, first.input_size))} with {first.num_classes}"
+            )
+    return members
+
+
+def ensemble_name(members: list[Trained]) -> str:
+    """``aidnet`` for one model; ``aidnet ×5`` or ``ensemble of aidnet, idnet`` for several."""
+    names = [m.spec["name"] for m in members]
+    if len(names) == 1:
+        return names[0]
+    if len(set(names)) == 1:
+        return f"{names[0]} ×{len(names)}"
+    return "ensemble of " + ", ".join(names)
+
+
+def select_ensemble_records(
+    manifest: Path, members: list[Trained], split: str = "all"
+) -> list[ScanRecord]:
+    """:func:`select_records` of the first member; with a split, every member must have been
+    trained on the same one (else its test scans could be another member's training scans)."""
+    records = select_records(manifest, members[0], split)
+    if split != "all":
+        keys = [r.key for r in records]
+        for other in members[1:]:
+            if [r.key for r in select_records(manifest, other, split)] != keys:
+                raise AidnetError(
+                    f"{other.path}: trained on another subject split than {members[0].path}; "
+                    "train ensemble members with --splits on one split"
+                )
+    return records
+
+
 def select_records(manifest: Path, trained: Trained, split: str = "all") -> list[ScanRecord]:
     records = read_manifest(manifest)
     if split == "all":

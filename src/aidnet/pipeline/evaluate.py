@@ -7,13 +7,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aidnet.pipeline.common import cached_items, load_trained, raise_if_failed, select_records
+from aidnet.pipeline.common import (
+    cached_items,
+    ensemble_name,
+    load_ensemble,
+    raise_if_failed,
+    select_ensemble_records,
+)
 
 LOCALISATION_LOG = ".localisation-progress.jsonl"
 
 
 def evaluate_run(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     manifest: Path,
     out: Path,
     *,
@@ -32,6 +38,10 @@ def evaluate_run(
     maps of every scan whose label map holds coronary calcium are scored (pointing game, mass
     shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
     ``metrics["localisation"][map]`` summaries.
+
+    Several checkpoints (a list) are an ensemble: their class probabilities are averaged (see
+    :func:`aidnet.pipeline.common.load_ensemble`). Heat maps belong to one network, so an
+    ensemble is not localised; evaluate its members one by one for that.
     """
     from tqdm import tqdm
 
@@ -47,8 +57,10 @@ def evaluate_run(
     from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
     from aidnet.training.loop import predict_items
 
-    trained = load_trained(checkpoint)
-    records = select_records(manifest, trained, split)
+    members = load_ensemble(checkpoint)
+    trained = members[0]
+    localise = localise and len(members) == 1
+    records = select_ensemble_records(manifest, members, split)
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out)
     # localisation first: a label map that does not fit its scan stops before any output
@@ -62,7 +74,10 @@ def evaluate_run(
         else:
             rows = rows_from_json(logged)
         loc_rows += rows
-    probs = predict_items(trained.model, items, trained.num_classes, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    probs = np.mean(
+        [predict_items(m.model, items, trained.num_classes, cpu) for m in members], axis=0
+    )
     rows = []
     for item, p in zip(items, probs, strict=True):
         label = item.record.label
@@ -87,13 +102,14 @@ def evaluate_run(
         if labelled
         else {"n": 0, "auc": None}
     )
-    metrics["checkpoint"] = str(trained.path)
-    metrics["model"] = trained.spec["name"]
+    paths = [str(m.path) for m in members]
+    metrics["checkpoint"] = paths[0] if len(paths) == 1 else paths
+    metrics["model"] = ensemble_name(members)
     metrics["split"] = split
     metrics["n_failed"] = len(failures)
     if labelled:
         plot_roc(
-            {trained.spec["name"]: (metrics["roc"]["fpr"], metrics["roc"]["tpr"], metrics["auc"])},
+            {metrics["model"]: (metrics["roc"]["fpr"], metrics["roc"]["tpr"], metrics["auc"])},
             out / "roc.png",
         )
         plot_confusion(

@@ -17,7 +17,7 @@ import torch
 
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
-from aidnet.pipeline.common import Trained, load_trained
+from aidnet.pipeline.common import Trained, ensemble_name, load_ensemble
 from aidnet.preprocess.geometry import CropGeometry
 
 CLASS_NAMES = {2: ["no CAC", "CAC"], 3: ["0", "1-399", ">=400"]}
@@ -41,41 +41,57 @@ class Explained:
     volume: Volume
 
 
-def explain_scan(trained: Trained, path: Path) -> Explained:
-    """Read, preprocess and classify one scan, with its Grad-CAM (and SAG attention) map."""
+def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
+    """Read, preprocess and classify one scan, with its Grad-CAM (and SAG attention) map.
+
+    For several models (an ensemble, see :func:`aidnet.pipeline.common.load_ensemble`) the
+    scan is read and preprocessed once; the class probabilities are averaged, and so is each
+    heat map all members have, rescaled to a maximum of 1.
+    """
     from aidnet.evaluation.metrics import class_probs
+    from aidnet.explain.gradcam import normalise
     from aidnet.io.read import read_volume
     from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess import PreprocessConfig, preprocess_volume
     from aidnet.preprocess.sample import on_original_grid
 
+    members = trained if isinstance(trained, list) else [trained]
     volume = read_volume(path)
     try:
-        sample = preprocess_volume(volume, PreprocessConfig(size=trained.input_size))
+        sample = preprocess_volume(volume, PreprocessConfig(size=members[0].input_size))
     except AidnetError as exc:
         if str(path) in str(exc):
             raise
         raise AidnetError(f"{path}: {exc}") from None
-    with torch.no_grad():
-        logits = trained.model.forward_single(torch.from_numpy(sample.image)[None]).logits
-    probs = class_probs(logits)[0].numpy().astype(np.float64)
     calcium = on_original_grid(sample.calcium, sample.geometry.crop_box, volume.shape)
-    maps = original_maps(trained, sample.image, sample.geometry, calcium)
-    return Explained(probs, maps, sample.geometry, volume)
+    x = torch.from_numpy(sample.image)[None]
+    probs, maps = [], []
+    for member in members:
+        with torch.no_grad():
+            logits = member.model.forward_single(x).logits
+        probs.append(class_probs(logits)[0].numpy().astype(np.float64))
+        maps.append(original_maps(member, sample.image, sample.geometry, calcium))
+    if len(members) == 1:
+        return Explained(probs[0], maps[0], sample.geometry, volume)
+    shared = [name for name in maps[0] if all(name in m for m in maps)]
+    mean_maps = {name: normalise(np.mean([m[name] for m in maps], axis=0)) for name in shared}
+    return Explained(np.mean(probs, axis=0), mean_maps, sample.geometry, volume)
 
 
-def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, Any]:
-    """Predict one scan or a scan–rescan pair and write ``out/prediction.json``."""
+def predict_scans(checkpoint: Path | list[Path], scans: list[Path], out: Path) -> dict[str, Any]:
+    """Predict one scan or a scan–rescan pair and write ``out/prediction.json``; several
+    checkpoints are an ensemble (probabilities and heat maps averaged)."""
     from aidnet.evaluation.predictions import class_columns, write_metrics_json
     from aidnet.pipeline.explain import write_maps
 
     if not 1 <= len(scans) <= 2:
         raise AidnetError("give one scan, or a scan and its rescan")
-    trained = load_trained(checkpoint)
+    members = load_ensemble(checkpoint)
+    trained = members[0]
     for scan in scans:
         if not scan.exists():
             raise AidnetError(f"{scan}: file not found")
-    explained = [explain_scan(trained, scan) for scan in scans]  # all read before any write
+    explained = [explain_scan(members, scan) for scan in scans]  # all read before any write
     out.mkdir(parents=True, exist_ok=True)
     # file names say scan/rescan, never the input's name (it may hold a patient's name)
     heatmaps = [
@@ -108,10 +124,15 @@ def predict_scans(checkpoint: Path, scans: list[Path], out: Path) -> dict[str, A
         "threshold": 0.5,
         "scans": per_scan,
         "disagreement": len({s["predicted_class"] for s in per_scan}) > 1,
-        "model": trained.spec["name"],
+        "model": ensemble_name(members),
         "strategy": 1 if trained.num_classes == 2 else 2,
-        "checkpoint": str(trained.path),
-        "checkpoint_sha256": file_sha256(trained.path),
     }
+    paths = [m.path for m in members]
+    if len(paths) == 1:
+        result["checkpoint"] = str(paths[0])
+        result["checkpoint_sha256"] = file_sha256(paths[0])
+    else:
+        result["checkpoint"] = [str(p) for p in paths]
+        result["checkpoint_sha256"] = [file_sha256(p) for p in paths]
     write_metrics_json(out / "prediction.json", result)
     return result

@@ -19,7 +19,7 @@ from aidnet.config import Config, read_saved_config, save_config
 from aidnet.data.cache import preprocess_cohort
 from aidnet.data.datasets import Item, PairDataset, ScanDataset, make_pairs
 from aidnet.data.manifest import ScanRecord, read_manifest
-from aidnet.data.splits import read_splits, split_subjects, write_splits
+from aidnet.data.splits import read_given_splits, read_splits, split_subjects, write_splits
 from aidnet.errors import AidnetError
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -51,13 +51,22 @@ def prepare_data(
     workers: int = 1,
     progress: bool = True,
     write: bool = True,
+    splits: Path | None = None,
 ) -> RunData:
     """Read the manifest, split by subject (or reuse the run's saved split), fill the cache.
 
+    ``splits``: a ``subject,split`` file (e.g. another run's ``splits.csv``) to train on instead
+    of a new seeded split; a run already saved on another split refuses it.
     ``write=False`` (the other ``torchrun`` processes) only reads what process 0 wrote.
     """
     records = labelled_records(manifest)
     split_file = out / "splits.csv"
+    if splits is not None and write:
+        given = read_given_splits(splits)
+        if not split_file.exists():
+            write_splits(split_file, given)
+        elif read_splits(split_file) != given:
+            raise AidnetError(f"{out}: this run was started on another subject split than {splits}")
     if split_file.exists() or not write:
         assignment = read_splits(split_file)
         unknown = sorted({r.subject for r in records} - set(assignment))
@@ -166,8 +175,11 @@ def train(
     workers: int = 1,
     device: str | None = None,
     progress: bool = True,
+    splits: Path | None = None,
 ) -> Path:
     """Train ``config.model`` on the manifest's train split; return the best checkpoint path.
+
+    ``splits``: train on this subject split (see :func:`prepare_data`) instead of a new one.
 
     Started by ``torchrun``, every process runs this; see :mod:`aidnet.training.distributed`.
     """
@@ -182,6 +194,8 @@ def train(
     if resume and not last.exists() and not (out / "config.yaml").exists():
         raise AidnetError(f"{out}: nothing to resume (no last.pt or config.yaml)")
     labelled_records(manifest)  # a bad manifest fails here, before the run folder exists
+    if splits is not None:
+        read_given_splits(splits)  # and so does a bad split file
     procs, dev = start_processes(device)
     try:
 
@@ -200,6 +214,7 @@ def train(
                 workers=workers,
                 progress=progress and main,
                 write=main,
+                splits=splits,
             )
             return cfg, data
 
