@@ -76,7 +76,11 @@ def evaluate_run(
         loc_rows += rows
     cpu = torch.device("cpu")
     probs = np.mean(
-        [predict_items(m.model, items, trained.num_classes, cpu) for m in members], axis=0
+        [
+            predict_items(m.model, items, trained.num_classes, cpu, desc=f"predict {i + 1}")
+            for i, m in enumerate(members)
+        ],
+        axis=0,
     )
     rows = []
     for item, p in zip(items, probs, strict=True):

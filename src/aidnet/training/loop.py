@@ -107,14 +107,20 @@ def _model_spec(config: Config) -> dict:
 
 
 @torch.no_grad()
-def predict_items(model, items: list[Item], num_classes: int, device: torch.device) -> np.ndarray:
-    """Class probabilities (N, C) of single scans through one path of the model."""
+def predict_items(
+    model, items: list[Item], num_classes: int, device: torch.device, desc: str | None = None
+) -> np.ndarray:
+    """Class probabilities (N, C) of single scans through one path of the model; with ``desc``
+    a progress bar of that name on a terminal."""
+    from tqdm import tqdm
+
     from aidnet.evaluation.metrics import class_probs
 
     model.eval()
     loader = DataLoader(ScanDataset(items, num_classes, with_target=False), batch_size=4)
     out = []
-    for image, _, _ in loader:
+    bar = tqdm(loader, desc=desc, unit="batch", disable=None if desc else True, leave=False)
+    for image, _, _ in bar:
         out.append(class_probs(model.forward_single(image.to(device)).logits).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, num_classes))
 
