@@ -46,7 +46,9 @@ def soft_tissue_mode_hu(
     height = int(rows[-1] - rows[0] + 1)
     z0 = int(rows[0] + np.floor(HEART_SLAB[0] * height))
     z1 = int(rows[0] + np.ceil(HEART_SLAB[1] * height))
-    between = slice_hulls(lung[z0:z1]) & ~lung[z0:z1]
+    # hulls of all slices first: a slab of crescents around a large heart borrows its hull from
+    # the nearest slice that has one (see slice_hulls)
+    between = slice_hulls(lung)[z0:z1] & ~lung[z0:z1]
     values = np.asarray(hu[z0:z1], dtype=np.float32)[between]
     values = values[(values >= _RANGE_HU[0]) & (values <= _RANGE_HU[1])]
     voxel_ml = float(np.prod(spacing)) / 1000.0
