@@ -114,9 +114,23 @@ def localisation_rows(
     ]
 
 
+def scored_rows(
+    trained: Trained,
+    image: np.ndarray,
+    record: ScanRecord,
+    maps: dict[str, np.ndarray],
+    labels: np.ndarray,
+    geometry: CropGeometry,
+) -> list[dict]:
+    """:func:`localisation_rows` with Grad-CAM's grid taken from the model on ``image``."""
+    from aidnet.explain.gradcam import feature_grid
+
+    grid = feature_grid(trained.model, torch.from_numpy(image)[None])
+    return localisation_rows(record, maps, labels, geometry, grid)
+
+
 def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
     """Score one scan's maps against its label map; [] without coronary calcium labels."""
-    from aidnet.explain.gradcam import feature_grid
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -126,8 +140,7 @@ def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
         return []
     calcium = scan_calcium(cached, geometry, read_volume(item.record.path))
     maps = original_maps(trained, cached.image, geometry, calcium)
-    grid = feature_grid(trained.model, torch.from_numpy(cached.image)[None])
-    return localisation_rows(item.record, maps, labels, geometry, grid)
+    return scored_rows(trained, cached.image, item.record, maps, labels, geometry)
 
 
 def localisation_summary(rows: list[dict]) -> dict:
@@ -159,7 +172,6 @@ def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = No
     """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
     overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
     (under ``localisation``)."""
-    from aidnet.explain.gradcam import feature_grid
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -170,8 +182,9 @@ def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = No
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
-        grid = feature_grid(trained.model, torch.from_numpy(cached.image)[None])
-        written["localisation"] = localisation_rows(item.record, maps, labels, geometry, grid)
+        written["localisation"] = scored_rows(
+            trained, cached.image, item.record, maps, labels, geometry
+        )
     return written
 
 
