@@ -1,7 +1,8 @@
 """The networks at the paper's input size (2 × 64 × 128 × 192): training and inference cost.
 
-For AID-Net (the ``paper`` preset's widths), ResNet-101 and DenseNet-121 (MONAI), each in a
-fresh spawned process (so peak memory is that model's alone), on this machine's CPU threads:
+For AID-Net (the ``paper`` preset's widths and head, and with the stage head), ResNet-101 and
+DenseNet-121 (MONAI), each in a fresh spawned process (so peak memory is that model's alone),
+on this machine's CPU threads:
 
 - one training step for one pair: forward and backward of both scans and the Adam step (for the
   Siamese AID-Net, the pair through the shared encoder with the pair loss; for the single-scan
@@ -23,7 +24,7 @@ from pathlib import Path
 from benchmarks.preprocess import _status_mib
 
 PAPER_SIZE = (64, 128, 192)
-MODELS = ("aidnet", "resnet101", "densenet121")
+MODELS = ("aidnet", "aidnet-stage", "resnet101", "densenet121")  # "-stage": AID-Net, stage head
 
 
 def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: int = 1):
@@ -35,9 +36,14 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
 
     torch.manual_seed(0)
     paper = load_config("paper")
-    model = build_model(name, num_classes=3, features=paper.features, dropout=paper.dropout).to(
-        device
-    )
+    model_name, _, head = name.partition("-")
+    model = build_model(
+        model_name,
+        num_classes=3,
+        features=paper.features,
+        dropout=paper.dropout,
+        head=head or paper.head,
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
     rescan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
@@ -74,6 +80,12 @@ def _paper_features() -> tuple[int, ...]:
     from aidnet.config import load_config
 
     return tuple(load_config("paper").features)
+
+
+def _paper_head() -> str:
+    from aidnet.config import load_config
+
+    return load_config("paper").head
 
 
 def _median_runs(fn, repeats: int) -> dict:
@@ -156,5 +168,10 @@ def bench_models(repeats: int) -> dict:
         "input_size": list(PAPER_SIZE),
         "aidnet_features": list(_paper_features()),
         "models": results,
+        "aidnet_head": _paper_head(),
+        "aidnet_train_ratio_to_stage_head": results["aidnet"]["train_pair_s"]["median"]
+        / results["aidnet-stage"]["train_pair_s"]["median"],
+        "aidnet_infer_ratio_to_stage_head": results["aidnet"]["infer_scan_s"]["median"]
+        / results["aidnet-stage"]["infer_scan_s"]["median"],
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }

@@ -248,3 +248,33 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
         rows = list(csv.DictReader(fh))
     assert {r["map"]: r["hit"] for r in rows} == dict.fromkeys(maps, "1")
     assert all(r["subject"] == record.subject and r["visit"] == record.visit for r in rows)
+
+
+@pytest.mark.parametrize("on_calcium", [True, False])
+def test_gradcam_is_kept_on_the_calcium_only_for_a_map_on_calcium(tmp_path, on_calcium):
+    """AID-Net's calcium head multiplies its map before GAP by the calcium channel, so its
+    Grad-CAM on the scan's grid is kept on the scan's calcium candidates; any other model's
+    Grad-CAM is left as the network computed it."""
+    from aidnet.pipeline.common import Trained
+    from aidnet.pipeline.explain import original_maps
+    from aidnet.preprocess.geometry import CropGeometry
+
+    size = (8, 8, 8)
+    model = PlaqueNet(size, (4, 4, 4))
+    model.map_on_calcium = on_calcium
+    trained = Trained(model, {"name": "stand-in", "num_classes": 3}, tmp_path / "x.pt", None)
+    geometry = CropGeometry((16, 16, 16), np.eye(4), (0, 16, 0, 16, 0, 16), size)
+    image = np.zeros((2, *size), np.float32)
+    calcium = np.zeros((16, 16, 16), bool)
+    calcium[2:4, 12:14, 3:5] = True  # off the map's peak (original voxels 8–9)
+    maps = original_maps(trained, image, geometry, calcium)
+    gradcam = maps["gradcam"]
+    assert gradcam.shape == calcium.shape and float(gradcam.max()) > 0.5
+    if on_calcium:
+        assert float(gradcam.max()) == pytest.approx(1.0)
+        assert np.all(gradcam[~calcium] == 0)
+        assert np.argwhere(gradcam == gradcam.max())[0].tolist() in np.argwhere(calcium).tolist()
+    else:
+        assert np.count_nonzero(gradcam[~calcium]) > 1000
+        peak = np.unravel_index(int(np.argmax(gradcam)), gradcam.shape)
+        assert all(7 <= p <= 9 for p in peak)

@@ -368,7 +368,8 @@ def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path):
     from aidnet.training.checkpoint import save_checkpoint
 
     spec = {"name": "aidnet", "num_classes": 3, "features": [2, 4], "input_size": [8, 16, 16]}
-    model = build_model("aidnet", num_classes=3, features=(2, 4))
+    spec["head"] = "calcium"
+    model = build_model("aidnet", num_classes=3, features=(2, 4), head="calcium")
     save_checkpoint(tmp_path / "model.pt", {"model_spec": spec, "model": model.state_dict()})
 
     manifest = make_cohort(tmp_path / "c", subjects=1, seed=3, class_mix=(0, 1, 0))

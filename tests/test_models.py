@@ -76,7 +76,7 @@ def test_every_model_shapes_and_gradients(name, num_classes):
             assert out.attention is None
     # features of forward_single is the Grad-CAM target: the logits must depend on it.
     single = model.forward_single(x1)
-    (grad,) = torch.autograd.grad(single.logits[:, 0].sum(), single.features)
+    (grad,) = torch.autograd.grad(single.logits[:, -1].sum(), single.features)
     assert grad.abs().sum() > 0
     sum(out.logits.square().mean() for out in outputs).backward()
     for pname, p in model.named_parameters():
@@ -108,12 +108,78 @@ def test_paths_share_one_encoder(name):
 
 
 def test_aidnet_head_sizes_and_attention_flag():
-    aid = AIDNet(features=(16, 32, 64, 128), attention=True)
-    idn = AIDNet(features=(16, 32, 64, 128), attention=False)
+    aid = AIDNet(features=(16, 32, 64, 128), attention=True, head="stage")
+    idn = AIDNet(features=(16, 32, 64, 128), attention=False, head="stage")
     assert aid.classifier.in_features == 64 + 128 and idn.classifier.in_features == 128
     assert aid.attention and not idn.attention and idn.gate is None
     assert sum(p.numel() for p in aid.parameters()) == 904_996
     assert sum(p.numel() for p in idn.parameters()) == 880_035
+    # the calcium head: 8 map channels; the SAG's 64 pooled features join through a Linear
+    aid = AIDNet(features=(16, 32, 64, 128), attention=True)
+    idn = AIDNet(features=(16, 32, 64, 128), attention=False)
+    assert aid.head == "calcium" and aid.map_on_calcium and not AIDNet(head="stage").map_on_calcium
+    assert aid.evidence is not None and aid.evidence.weight.shape == (2, 8)
+    assert aid.evidence.other is not None and aid.evidence.other.in_features == 64
+    assert idn.evidence is not None and idn.evidence.other is None
+    assert sum(p.numel() for p in aid.parameters()) == 908_308
+    assert sum(p.numel() for p in idn.parameters()) == 883_347
+    with pytest.raises(ValueError, match="calcium, stage|stage, calcium"):
+        AIDNet(head="pixel")
+
+
+def _calcium_input(seed: int, batch: int = 2) -> torch.Tensor:
+    """A network input in its real range: CT in [0, 1] and a sparse 0/1 calcium channel."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 2, *TINY, generator=gen)
+    x[:, 1] = (torch.rand(batch, *TINY, generator=gen) > 0.97).float()
+    return x
+
+
+def test_calcium_map_is_on_the_input_grid_and_zero_off_calcium():
+    from aidnet.models.heads import CalciumMap3d
+
+    torch.manual_seed(0)
+    encoder = Encoder3d(2, (4, 8, 16))
+    head = CalciumMap3d((4, 8, 16), width=6)
+    x = _calcium_input(1)
+    out = head(encoder(x), x[:, 1:])
+    assert out.shape == (2, 6, *TINY)
+    assert float(out.detach().min()) >= 0.0
+    assert torch.all(out[x[:, 1:].expand_as(out) == 0] == 0)
+    assert float(out.detach().sum()) > 0
+    # the deepest stage reaches every voxel: a change far away moves the map on the calcium
+    y = x.clone()
+    y[:, 0, :4, :4, :4] += 0.5
+    assert not torch.allclose(head(encoder(y), y[:, 1:]), out)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("name", ["aidnet", "idnet"])
+def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
+    """The calcium head's CAC log-odds rise with the map before GAP everywhere, whatever the
+    weights: so Grad-CAM's channel weights are all positive. The stage head has no such
+    property (its gradient takes both signs), which shows the check can fail."""
+    from aidnet.explain.gradcam import cac_score
+
+    torch.manual_seed(0)
+    x = _calcium_input(2, batch=4)
+    for head in ("calcium", "stage"):
+        model = build_model(name, num_classes=num_classes, features=(4, 8, 16), head=head)
+        model.train()
+        with torch.no_grad():  # random weights of both signs, BatchNorm statistics of real data
+            for p in model.parameters():
+                p.normal_(0.0, 0.5)
+            model(x)
+        model.eval()
+        out = model.forward_single(x)
+        (grad,) = torch.autograd.grad(cac_score(out.logits).sum(), out.features)
+        if head == "calcium":
+            assert float(grad.min()) >= 0.0 and float(grad.max()) > 0.0
+            # and the gradient is the same at every voxel of a channel (GAP), as Grad-CAM's
+            # weights assume
+            assert torch.allclose(grad, grad[:, :, :1, :1, :1].expand_as(grad))
+        else:
+            assert float(grad.min()) < 0.0 < float(grad.max())
 
 
 def test_unknown_model_lists_known_names():

@@ -349,3 +349,43 @@ def test_augmentation_shifts_but_never_mirrors(tmp_path):
             assert abs(z - 4) <= 2 and abs(y - 5) <= 2 and abs(x - 9) <= 2
             moves.add((z - 4, y - 5, x - 9))
     assert len(moves) > 10  # it does move
+
+
+def test_resume_with_a_different_head_flag_is_one_line(cohort, cache, tmp_path):
+    run = tmp_path / "run"
+    config = load_config("tiny", epochs=1, head="calcium", **TINY)
+    train(config, cohort, run, cache_dir=cache, progress=False)
+    result = CliRunner().invoke(
+        app,
+        ["train", "--manifest", str(cohort), "--out", str(run), "--preset", "tiny"]
+        + ["--head", "stage", "--resume", "--cache", str(cache)],
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--head calcium, not stage" in lines[0], result.output
+
+
+def test_a_checkpoint_saved_before_the_calcium_head_loads_as_the_stage_head(tmp_path):
+    """Runs written before the head option existed have no ``head`` in their model spec:
+    they were stage-head models and must still load, predict and resume as such."""
+    from aidnet.models import build_model
+    from aidnet.training.checkpoint import build_from_checkpoint
+
+    torch.manual_seed(0)
+    old = build_model("aidnet", num_classes=3, features=(4, 8, 16), head="stage")
+    spec = {"name": "aidnet", "num_classes": 3, "features": [4, 8, 16], "input_size": [8] * 3}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"model": old.state_dict(), "model_spec": spec})
+    state = load_checkpoint(path)
+    model = build_from_checkpoint(state, path)
+    assert not model.map_on_calcium
+    x = torch.rand(1, 2, 8, 8, 8)
+    old.eval(), model.eval()
+    assert torch.equal(model.forward_single(x).logits, old.forward_single(x).logits)
+    loop._check_resumable(
+        {**state, "next_epoch": 1, "optimizer": {}}, {**spec, "head": "stage"}, path
+    )
+    with pytest.raises(AidnetError, match="head stage"):
+        loop._check_resumable(
+            {**state, "next_epoch": 1, "optimizer": {}}, {**spec, "head": "calcium"}, path
+        )

@@ -180,6 +180,9 @@ def train(
     ),
     strategy: int | None = typer.Option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
     lambda_: float | None = typer.Option(None, "--lambda", help="Contrastive loss weight."),
+    head: str | None = typer.Option(
+        None, "--head", help="AID-Net/ID-Net map before pooling: calcium (default) or stage."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -204,6 +207,7 @@ def train(
                 "--model": ("model", model),
                 "--strategy": ("strategy", strategy),
                 "--lambda": ("lambda_", lambda_),
+                "--head": ("head", head),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -214,6 +218,7 @@ def train(
         model=model,
         strategy=strategy,
         lambda_=lambda_,
+        head=head,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

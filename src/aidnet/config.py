@@ -27,6 +27,7 @@ class Config:
     input_size: tuple[int, int, int] = (32, 48, 64)  # (Z, Y, X) network grid
     features: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.0
+    head: str = "calcium"  # AID-Net/ID-Net map before GAP: "calcium" or "stage" (see models)
     strategy: int = 2  # 1: two classes (CAC yes/no); 2: three classes (0, 1–399, >=400)
     lambda_: float = 0.001  # weight of the contrastive loss
     margin: float = 1.0
@@ -66,6 +67,8 @@ class Config:
             raise AidnetError(f"lambda must be >= 0, not {self.lambda_}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
+        if self.head not in ("stage", "calcium"):
+            raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if self.checkpoint_minutes <= 0 or self.checkpoint_steps < 0:
@@ -124,4 +127,6 @@ def read_saved_config(path: Path) -> Config:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise AidnetError(f"{path}: cannot read the run configuration ({exc})") from None
+    if isinstance(data, dict) and data.get("model") in ("aidnet", "idnet"):
+        data.setdefault("head", "stage")  # a run saved before the calcium head existed
     return _from_mapping(data, str(path)).validate()

@@ -9,6 +9,10 @@ from torch import Tensor, nn
 
 from aidnet.models.blocks import SoftAttentionGate3d
 from aidnet.models.encoder import Encoder3d
+from aidnet.models.heads import CalciumMap3d, RisingClassifier
+
+HEADS = ("stage", "calcium")
+CALCIUM_CHANNEL = 1  # the input's HU > 130 channel
 
 
 @dataclass
@@ -35,12 +39,20 @@ class AIDNet(nn.Module):
     """Attention Identical Dual Network (paper §2.2–2.3; ``attention=False`` gives ID-Net).
 
     ONE :class:`Encoder3d` is applied to the scan and to the rescan, so both paths share every
-    weight. Head of one path: the last stage map is the gate ``g`` and is global-average-pooled;
-    with attention, a :class:`SoftAttentionGate3d` filters the second-to-last (higher-resolution)
-    stage map with ``g``, the gated map is global-average-pooled and concatenated with the GAP
-    of the last map, then dropout (the network's only dropout: channel dropout in the encoder
-    stopped it from learning on our phantom) and the final Linear give the logits. Without
-    attention only the GAP of the last map feeds the Linear.
+    weight. With attention, a :class:`SoftAttentionGate3d` filters the second-to-last
+    (higher-resolution) stage map with the last stage map as the gate ``g``; the gated map is
+    attention-pooled and joins the global-average-pooled (GAP) map before the final layer.
+    Dropout (the network's only one: channel dropout in the encoder stopped it from learning
+    on our phantom) acts on the pooled features.
+
+    ``head`` chooses the map before GAP, the one Grad-CAM explains (§2.3):
+
+    - ``"calcium"`` (default): a :class:`~aidnet.models.heads.CalciumMap3d` on the input grid,
+      zero off the calcium candidates, and a
+      :class:`~aidnet.models.heads.RisingClassifier`: the CAC classes' logits only rise with
+      the evidence on that map, so Grad-CAM shows which calcium the decision rests on.
+    - ``"stage"``: the last stage map itself and an ordinary Linear layer; its grid is 8 times
+      coarser than the input, so Grad-CAM marks a region of several centimetres.
     """
 
     siamese: bool = True
@@ -53,38 +65,65 @@ class AIDNet(nn.Module):
         attention: bool = True,
         inter_channels: int = 32,
         dropout: float = 0.0,
+        head: str = "calcium",
+        map_channels: int = 8,
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
         features = tuple(int(f) for f in features)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.features = features
+        self.head = head
         self.encoder = Encoder3d(in_channels, features)
         self.gate: SoftAttentionGate3d | None = None
-        head_in = features[-1]
+        other = 0
         if attention:
             self.gate = SoftAttentionGate3d(features[-2], features[-1], inter_channels)
-            head_in += features[-2]
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(head_in, num_classes)
+            other = features[-2]
+        self.calcium_map: CalciumMap3d | None = None
+        self.evidence: RisingClassifier | None = None
+        if head == "calcium":
+            self.calcium_map = CalciumMap3d(features, map_channels)
+            self.evidence = RisingClassifier(map_channels, num_classes, other, dropout)
+        else:
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(features[-1] + other, num_classes)
 
     @property
     def attention(self) -> bool:
         return self.gate is not None
 
+    @property
+    def map_on_calcium(self) -> bool:
+        """Whether the map before GAP is zero off the calcium candidates."""
+        return self.calcium_map is not None
+
     def forward_single(self, x: Tensor) -> SingleOutput:
         """One batch of scans (B×in_channels×Z×Y×X) through the shared encoder and head."""
         maps = self.encoder(x.contiguous(memory_format=torch.channels_last_3d))
         last = maps[-1]
-        pooled = [last.mean(dim=(2, 3, 4))]
         attention_map = None
+        local = None
         if self.gate is not None:
             gated, attention_map = self.gate(maps[-2], last)
             # attention pooling: the gated local features averaged with the attention as weights
             weights = attention_map / (attention_map.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
-            pooled.insert(0, (gated * weights).sum(dim=(2, 3, 4)))
-        logits = self.classifier(self.dropout(torch.cat(pooled, dim=1)))
-        return SingleOutput(logits=logits, features=last, attention=attention_map)
+            local = (gated * weights).sum(dim=(2, 3, 4))
+        if self.calcium_map is not None and self.evidence is not None:
+            # in [0, 1] by the input contract; clamped so the map stays non-negative whatever
+            calcium = x[:, CALCIUM_CHANNEL : CALCIUM_CHANNEL + 1].clamp(0.0, 1.0)
+            before_gap = self.calcium_map(maps, calcium)
+            voxels = before_gap[0, 0].numel()
+            logits = self.evidence(before_gap.mean(dim=(2, 3, 4)), voxels, local)
+        else:
+            before_gap = last
+            pooled = [before_gap.mean(dim=(2, 3, 4))]
+            if local is not None:
+                pooled.insert(0, local)
+            logits = self.classifier(self.dropout(torch.cat(pooled, dim=1)))
+        return SingleOutput(logits=logits, features=before_gap, attention=attention_map)
 
     def forward(
         self, x1: Tensor, x2: Tensor | None = None

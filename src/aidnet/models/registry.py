@@ -12,6 +12,9 @@ from aidnet.errors import AidnetError
 from aidnet.models.aidnet import AIDNet
 from aidnet.models.baselines import DenseNet121Baseline, ResNet101Baseline
 
+#: the models whose map before global average pooling ``head`` chooses (the baselines ignore it)
+HEADED = ("aidnet", "idnet")
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "aidnet": partial(AIDNet, attention=True),
     "idnet": partial(AIDNet, attention=False),
@@ -27,6 +30,7 @@ def build_model(
     num_classes: int = 3,
     features: tuple[int, ...] = (16, 32, 64, 128),
     dropout: float = 0.0,
+    head: str = "calcium",
     **kw,
 ) -> nn.Module:
     """Build a registered model by name (``aidnet``, ``idnet``, ``resnet101``, ``densenet121``).
@@ -36,6 +40,8 @@ def build_model(
     """
     if name not in MODELS:
         raise AidnetError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if name in HEADED:
+        kw["head"] = head
     model = MODELS[name](
         in_channels=in_channels,
         num_classes=num_classes,

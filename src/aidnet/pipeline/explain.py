@@ -40,9 +40,11 @@ def original_maps(
     With ``calcium`` (the scan's calcium candidates on that grid, see
     :func:`aidnet.preprocess.calcium_candidates`) the integrated gradients are kept on those voxels
     only, and the SAG map also comes as ``attention_calcium``, each rescaled to a maximum of 1.
-    The network sees the scene at a few millimetres per voxel and its last feature map is 8
-    times coarser still, so the plain Grad-CAM and attention maps mark a region; the
-    integrated gradients mark which calcifications the decision rests on.
+    So is Grad-CAM when the model's map before global average pooling is itself kept on the
+    calcium (AID-Net's calcium head): that map is the network's features times its calcium
+    channel, and the calcium channel is these candidates resampled, so on the scan's grid the
+    map belongs on them too. A network voxel spans several of the scan's (8 mm along z at the
+    demo size), and this puts the peak on the calcium inside it rather than at its centre.
     """
     from aidnet.explain.gradcam import network_maps, normalise
 
@@ -52,6 +54,8 @@ def original_maps(
         for name, net_map in network_maps(trained.model, x).items()
     }
     if calcium is not None:
+        if getattr(trained.model, "map_on_calcium", False):
+            maps["gradcam"] = normalise(maps["gradcam"] * calcium)
         maps["integrated_gradients"] = normalise(maps["integrated_gradients"] * calcium)
         if "attention" in maps:
             maps["attention_calcium"] = normalise(maps["attention"] * calcium)

@@ -52,6 +52,7 @@ def build_from_checkpoint(state: dict[str, Any], path: Path):
         num_classes=int(spec["num_classes"]),
         features=tuple(spec["features"]),
         dropout=float(spec.get("dropout", 0.0)),
+        head=str(spec.get("head") or "stage"),  # checkpoints from before the calcium head
     )
     try:
         model.load_state_dict(state["model"])

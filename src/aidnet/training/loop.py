@@ -21,6 +21,7 @@ from aidnet.data.datasets import Item, PairDataset, ScanDataset, make_pairs
 from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_given_splits, read_splits, split_subjects, write_splits
 from aidnet.errors import AidnetError
+from aidnet.models.registry import HEADED
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -101,6 +102,7 @@ def _model_spec(config: Config) -> dict:
         "num_classes": config.num_classes,
         "features": list(config.features),
         "dropout": config.dropout,
+        "head": config.head if config.model in HEADED else None,
         "input_size": list(config.input_size),
         "strategy": config.strategy,
     }
@@ -146,15 +148,22 @@ def learning_rate(config: Config, epoch: int) -> float:
 
 
 def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
-    saved = state.get("model_spec") or {}
-    keys = ("name", "num_classes", "features", "input_size")
+    saved = dict(state.get("model_spec") or {})
+    if saved.get("name") in HEADED:
+        saved["head"] = saved.get("head") or "stage"  # saved before the calcium head existed
+    keys = ("name", "head", "num_classes", "features", "input_size")
     if any(saved.get(k) != spec.get(k) for k in keys):
+
+        def describe(s: dict) -> str:
+            head = f", head {s.get('head')}" if s.get("head") else ""
+            return (
+                f"{s.get('name')!r} ({s.get('num_classes')} classes{head}, features "
+                f"{s.get('features')}, input {s.get('input_size')})"
+            )
+
         raise AidnetError(
-            f"{path}: checkpoint of model {saved.get('name')!r} "
-            f"({saved.get('num_classes')} classes, features {saved.get('features')}, input "
-            f"{saved.get('input_size')}) does not match this run's {spec['name']!r} "
-            f"({spec['num_classes']} classes, features {spec['features']}, input "
-            f"{spec['input_size']})"
+            f"{path}: checkpoint of model {describe(saved)} does not match this run's "
+            f"{describe(spec)}"
         )
     if "next_epoch" not in state or "optimizer" not in state:
         raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
@@ -235,6 +244,7 @@ def train(
             num_classes=config.num_classes,
             features=config.features,
             dropout=config.dropout,
+            head=config.head,
         ).to(dev)
         net: Any = model
         if procs.distributed:

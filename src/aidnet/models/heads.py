@@ -1,0 +1,81 @@
+"""AID-Net's calcium head: the map before global average pooling on the input grid, kept on
+the calcium candidates, and logits that can only rise with the evidence on it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aidnet.models.blocks import norm3d
+
+
+class CalciumMap3d(nn.Module):
+    """Encoder stages → a ``width``-channel map on the input grid, zero off the calcium.
+
+    Each stage map goes through a 1×1×1 conv to ``width`` channels on its own grid; from the
+    deepest stage up, the running sum is resampled (trilinear) onto the next finer stage's grid
+    and that stage's term added, as in a feature pyramid, down to the first stage's grid, the
+    input grid. Then normalisation and ReLU, one 3×3×3 conv–normalisation–ReLU, and a product
+    with the calcium channel of the input (HU > 130, in [0, 1]): every voxel sees the first
+    stage's detail and the deepest stage's context, and only calcium carries evidence.
+
+    ``forward(maps, calcium)``: ``maps`` the encoder's stage maps (highest resolution first),
+    ``calcium`` B×1×Z×Y×X on the first map's grid; returns B×width×Z×Y×X, non-negative.
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], width: int = 8) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            nn.Conv3d(int(c), width, kernel_size=1, bias=False) for c in in_channels
+        )
+        self.norm = norm3d(width)
+        self.refine = nn.Sequential(
+            nn.Conv3d(width, width, kernel_size=3, padding=1, bias=False), norm3d(width)
+        )
+        self.width = width
+
+    def forward(self, maps: list[Tensor], calcium: Tensor) -> Tensor:
+        total = self.lateral[-1](maps[-1])
+        for conv, stage in zip(self.lateral[-2::-1], maps[-2::-1], strict=True):
+            total = conv(stage) + F.interpolate(
+                total, size=stage.shape[2:], mode="trilinear", align_corners=False
+            )
+        out = F.relu(self.refine(F.relu(self.norm(total))))
+        return out * calcium
+
+
+class RisingClassifier(nn.Module):
+    """Logits whose CAC classes can only rise with the pooled calcium map.
+
+    ``forward(pooled, voxels, other)``: ``pooled`` the global average of the map (B×K, ≥ 0),
+    ``voxels`` the number of voxels it was averaged over, ``other`` further features (B×M, the
+    SAG's) or None. Each channel's evidence is ``log(1 + voxels · pooled)``, the log of its sum
+    over the scan (Agatston scores span four orders of magnitude, and one small plaque must
+    count), normalised by BatchNorm without an affine part (a positive rescaling and a shift).
+    The logits of classes 1… are that evidence times positive weights (softplus), class 0 is
+    the reference; ``other`` goes through an ordinary Linear layer onto every class.
+
+    So the log-odds of CAC never fall when the map grows anywhere, and Grad-CAM's channel
+    weights on the map are all positive: its heat map is the map's evidence itself.
+    """
+
+    def __init__(
+        self, map_channels: int, num_classes: int, other_channels: int = 0, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(map_channels, affine=False)
+        self.weight = nn.Parameter(torch.zeros(num_classes - 1, map_channels))
+        self.other = nn.Linear(other_channels, num_classes) if other_channels else None
+        self.bias = None if other_channels else nn.Parameter(torch.zeros(num_classes))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
+        evidence = self.dropout(self.norm(torch.log1p(pooled * voxels)))
+        logits = F.pad(evidence @ F.softplus(self.weight).T, (1, 0))
+        if self.other is not None:
+            if other is None:
+                raise ValueError("this classifier needs the other features")
+            return logits + self.other(self.dropout(other))
+        assert self.bias is not None
+        return logits + self.bias
