@@ -8,7 +8,8 @@ log P(CAC) then underflows and every map would come out flat).
 
 Beside Grad-CAM and the SAG map, the integrated gradients of the same score (Sundararajan et
 al., 2017) from the scan without its calcium to the scan itself: a voxel-level map of which
-calcifications the decision rests on, where Grad-CAM's cells are centimetres wide.
+calcifications the decision rests on, whatever the map Grad-CAM looks at (AID-Net's calcium
+head puts that map on the input grid, the stage head's cells are centimetres wide).
 
 Every map is min–max normalised to [0, 1] so that HIGH = IMPORTANT (unlike an inverting
 normaliser; the attention map's floor, e.g. a uniform 0.5 of an undecided gate, becomes 0), and

@@ -14,9 +14,9 @@ calcium, 2 other calcium, other values ignored) and the voxel spacing in mm:
 * **best single cell** (Grad-CAM only): would a map that marks one cell of Grad-CAM's grid, and
   nothing else, win the pointing game? Such a map peaks at one voxel per cell (see
   :func:`aidnet.explain.gradcam.cell_peaks`), and a real Grad-CAM within about a network voxel
-  of one of them. With cells centimetres wide, most plaques lie more than 5 mm from every one
-  of them, so the share of scans where one does roughly bounds Grad-CAM's hit rate on that
-  grid, whatever the network learned.
+  of one of them. With cells centimetres wide (a map before pooling on a coarse stage), most
+  plaques lie more than 5 mm from every one of them, so the share of scans where one does
+  roughly bounds Grad-CAM's hit rate on that grid, whatever the network learned.
 
 Only scans whose label map holds coronary calcium are scored. Summaries give the hit rate with a
 95% Wilson score interval (scans counted as independent trials) and the median and mean shares.

@@ -307,11 +307,13 @@ def write_report(
             "calcium (label 2 of the label maps, e.g. aortic wall and valves). The "
             "'on calcium' maps are kept on the scan's calcium candidates only. Integrated "
             "gradients: which calcifications raise the CAC score, from the scan without its "
-            "calcium to the scan itself; Grad-CAM's cells are centimetres wide. Best single "
-            "cell: the hit rate of a Grad-CAM that marks only the best-placed cell of its "
-            "grid. A real Grad-CAM peaks within about a network voxel of one of those "
-            "voxels, so this is roughly the most Grad-CAM at that layer can reach, whatever "
-            "the network learned.</p>"
+            "calcium to the scan itself. Grad-CAM lives on the grid of the map before global "
+            "average pooling: the network input's grid, kept on calcium, for AID-Net's "
+            "calcium head; cells centimetres wide for the stage head. Best single cell: the "
+            "hit rate of a Grad-CAM that marks only the best-placed cell of its grid. A real "
+            "Grad-CAM peaks within about a network voxel of one of those voxels, so this is "
+            "roughly the most Grad-CAM at that layer can reach, whatever the network "
+            "learned.</p>"
         )
     else:
         parts.append("<p>No voxel labels in this cohort: localisation was not measured.</p>")
