@@ -76,18 +76,6 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
     return train_pair, infer_scan, sum(p.numel() for p in model.parameters())
 
 
-def _paper_features() -> tuple[int, ...]:
-    from aidnet.config import load_config
-
-    return tuple(load_config("paper").features)
-
-
-def _paper_head() -> str:
-    from aidnet.config import load_config
-
-    return load_config("paper").head
-
-
 def _median_runs(fn, repeats: int) -> dict:
     fn()  # warm-up
     runs = []
@@ -154,6 +142,9 @@ def bench_models_gpu(repeats: int) -> dict:
 
 
 def bench_models(repeats: int) -> dict:
+    from aidnet.config import load_config
+
+    paper = load_config("paper")
     repeats = max(repeats, 5)
     results = {name: _in_child(name, repeats) for name in MODELS}
     reference = results["resnet101"]
@@ -166,9 +157,9 @@ def bench_models(repeats: int) -> dict:
         )
     return {
         "input_size": list(PAPER_SIZE),
-        "aidnet_features": list(_paper_features()),
+        "aidnet_features": list(paper.features),
         "models": results,
-        "aidnet_head": _paper_head(),
+        "aidnet_head": paper.head,
         "aidnet_train_ratio_to_stage_head": results["aidnet"]["train_pair_s"]["median"]
         / results["aidnet-stage"]["train_pair_s"]["median"],
         "aidnet_infer_ratio_to_stage_head": results["aidnet"]["infer_scan_s"]["median"]
