@@ -84,6 +84,16 @@ def test_train_manifest_without_path_column(tmp_path):
     one_line_error(result, "m.csv", "lacks the column(s) path")
 
 
+def test_train_negative_penalty_weight_is_one_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject,visit,path,agatston\n")
+    result = run(
+        "train", "--manifest", manifest, "--out", tmp_path / "run", "--negative-evidence", "-1"
+    )
+    one_line_error(result, "negative_evidence must be >= 0, not -1.0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_missing_manifest(tmp_path):
     result = run("train", "--manifest", tmp_path / "none.csv", "--out", tmp_path / "run")
     one_line_error(result, "none.csv", "manifest not found")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aidnet.losses import PairLoss, contrastive_loss
+from aidnet.losses import PairLoss, contrastive_loss, negative_evidence
 
 
 def test_contrastive_same_class_is_half_squared_distance():
@@ -61,3 +61,33 @@ def test_pair_loss_adds_weighted_contrastive_on_softmax():
     assert parts["contrastive"] == pytest.approx(c.item())
     total.backward()
     assert l1.grad is not None and torch.isfinite(l1.grad).all()
+
+
+def test_negative_evidence_is_the_log_sum_on_cac_negative_scans_only():
+    maps = torch.zeros(3, 2, 2, 2, 2)
+    maps[0, 0, 0, 0, 0] = 3.0  # CAC 0: sums (3, 0) -> mean(log 4, log 1)
+    maps[1, :, 1, 1, 1] = 50.0  # CAC-positive: ignored
+    maps[2, 1] = 1.0  # CAC 0: sums (0, 8) -> mean(log 1, log 9)
+    maps.requires_grad_(True)
+    labels = torch.tensor([0, 2, 0])
+    value = negative_evidence(maps, labels)
+    expected = ((math.log(4) + 0) / 2 + (0 + math.log(9)) / 2) / 2
+    assert float(value) == pytest.approx(expected)
+    value.backward()
+    assert maps.grad[1].abs().sum() == 0  # no pull on a CAC-positive scan's map
+    assert (maps.grad[0] > 0).all() and (maps.grad[2] > 0).all()
+    assert float(negative_evidence(maps.detach(), torch.tensor([1, 2, 1]))) == 0.0
+
+
+def test_pair_loss_adds_the_weighted_negative_evidence_of_both_paths():
+    torch.manual_seed(2)
+    l1, l2 = torch.randn(2, 3), torch.randn(2, 3)
+    y1, y2 = torch.tensor([0, 1]), torch.tensor([0, 0])
+    m1, m2 = torch.rand(2, 4, 3, 3, 3), torch.rand(2, 4, 3, 3, 3)
+    plain, _ = PairLoss(lambda_=0.001)(l1, l2, y1, y2)
+    total, parts = PairLoss(lambda_=0.001, negative=0.1)(l1, l2, y1, y2, m1, m2)
+    both = negative_evidence(m1, y1) + negative_evidence(m2, y2)
+    assert parts["negative"] == pytest.approx(float(both)) and float(both) > 0
+    assert float(total) == pytest.approx(float(plain + 0.1 * both))
+    off, parts = PairLoss(lambda_=0.001, negative=0.0)(l1, l2, y1, y2, m1, m2)
+    assert torch.equal(off, plain) and parts["negative"] == pytest.approx(float(both))

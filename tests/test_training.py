@@ -116,8 +116,23 @@ def test_tensorboard_and_csv_logs(cohort, cache, tmp_path):
     for tag in ("train/loss", "train/contrastive", "val/auc", "train/loss_step"):
         assert tag in tags, tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
-    header = (run / "log.csv").read_text().splitlines()[0]
-    assert header == "epoch,lr,loss,ce,contrastive,val_auc,val_accuracy,seconds"
+    lines = (run / "log.csv").read_text().splitlines()
+    assert lines[0] == "epoch,lr,loss,ce,contrastive,negative,val_auc,val_accuracy,seconds"
+    negative = [float(line.split(",")[5]) for line in lines[1:]]
+    assert len(negative) == 2 and all(n > 0 for n in negative)  # calcium maps on CAC-0 scans
+
+
+def test_a_resumed_log_from_an_older_version_keeps_its_columns(tmp_path):
+    from aidnet.training.logs import TrainLog
+
+    old = "epoch,lr,loss,ce,contrastive,val_auc,val_accuracy,seconds"
+    (tmp_path / "log.csv").write_text(old + "\n1,0.001,2.0,1.9,0.1,0.5,0.5,3.0\n")
+    log = TrainLog(tmp_path)
+    row = dict(zip(old.split(","), (2, 0.001, 1.5, 1.4, 0.1, 0.6, 0.7, 3.0), strict=True))
+    log.epoch({**row, "negative": 0.25})
+    log.close()
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines == [old, "1,0.001,2.0,1.9,0.1,0.5,0.5,3.0", "2,0.001,1.5,1.4,0.1,0.6,0.7,3.0"]
 
 
 @pytest.mark.parametrize("name", ["densenet121"])
@@ -142,6 +157,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
     [
         (["--model", "idnet"], "--model aidnet, not idnet"),
         (["--head", "stage"], "--head calcium, not stage"),
+        (["--negative-evidence", "0.5"], "--negative-evidence 0.0, not 0.5"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):
@@ -177,7 +193,7 @@ def emulate_two_processes(config, cohort, cache, out) -> dict[str, torch.Tensor]
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes=config.num_classes, features=config.features)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = PairLoss(config.lambda_, config.margin)
+    loss_fn = PairLoss(config.lambda_, config.margin, config.negative_evidence)
     for epoch in range(config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = loop.learning_rate(config, epoch)
@@ -197,7 +213,9 @@ def emulate_two_processes(config, cohort, cache, out) -> dict[str, torch.Tensor]
                 x1, x2, y1, y2 = dataset[batch[0]]
                 torch.manual_seed(step_seed(config.seed, epoch, step, rank))
                 o1, o2 = model(x1[None], x2[None])
-                loss, _ = loss_fn(o1.logits, o2.logits, torch.tensor([y1]), torch.tensor([y2]))
+                maps = (o1.features, o2.features) if model.map_on_calcium else (None, None)
+                labels = torch.tensor([y1]), torch.tensor([y2])
+                loss, _ = loss_fn(o1.logits, o2.logits, *labels, *maps)
                 (loss / 2).backward()
             optimizer.step()
     return model.state_dict()

@@ -183,6 +183,11 @@ def train(
     head: str | None = typer.Option(
         None, "--head", help="AID-Net/ID-Net map before pooling: calcium (default) or stage."
     ),
+    negative_evidence: float | None = typer.Option(
+        None,
+        "--negative-evidence",
+        help="Weight of the calcium head's evidence penalty on CAC-negative scans (0: off).",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -208,6 +213,7 @@ def train(
                 "--strategy": ("strategy", strategy),
                 "--lambda": ("lambda_", lambda_),
                 "--head": ("head", head),
+                "--negative-evidence": ("negative_evidence", negative_evidence),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -219,6 +225,7 @@ def train(
         strategy=strategy,
         lambda_=lambda_,
         head=head,
+        negative_evidence=negative_evidence,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

@@ -31,6 +31,8 @@ class Config:
     strategy: int = 2  # 1: two classes (CAC yes/no); 2: three classes (0, 1–399, >=400)
     lambda_: float = 0.001  # weight of the contrastive loss
     margin: float = 1.0
+    # weight of the evidence penalty on CAC-negative scans (calcium head only; losses.py)
+    negative_evidence: float = 0.0
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
     weight_decay: float = 0.0
@@ -67,6 +69,8 @@ class Config:
             raise AidnetError(f"lambda must be >= 0, not {self.lambda_}")
         if not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1:
             raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
+        if not self.negative_evidence >= 0:
+            raise AidnetError(f"negative_evidence must be >= 0, not {self.negative_evidence}")
         if self.head not in ("stage", "calcium"):
             raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -1,4 +1,5 @@
-"""The AID-Net pair loss (paper §2.2): CE on both paths plus a weighted contrastive term."""
+"""The AID-Net pair loss (paper §2.2): CE on both paths plus a weighted contrastive term, and
+our optional evidence penalty on CAC-negative scans for the calcium head."""
 
 from __future__ import annotations
 
@@ -22,21 +23,46 @@ def contrastive_loss(out1: Tensor, out2: Tensor, different: Tensor, margin: floa
     return (similar_term + different_term).mean()
 
 
+def negative_evidence(maps: Tensor, labels: Tensor) -> Tensor:
+    """Calcium-map evidence on the CAC-negative scans of a batch: ``mean_k log(1 + Σ map_k)``
+    per scan (``maps`` B×K×Z×Y×X, non-negative), averaged over the scans with ``labels == 0``
+    (0 when the batch has none).
+
+    It uses the scan's label only. Every chest CT has bone, aorta and often valve calcium, so
+    evidence on a CAC-negative scan is evidence from something other than coronary calcium;
+    penalising it steers the calcium head's map (and with it Grad-CAM) off those structures.
+    """
+    sums = maps.float().clamp(min=0).flatten(2).sum(dim=2)
+    evidence = torch.log1p(sums).mean(dim=1)
+    negative = (labels == 0).to(evidence.dtype)
+    return (evidence * negative).sum() / negative.sum().clamp(min=1)
+
+
 class PairLoss(nn.Module):
-    """Total AID-Net loss (paper §2.2): ``CE(path1, y1) + CE(path2, y2) + λ · contrastive``.
+    """Total AID-Net loss (paper §2.2): ``CE(path1, y1) + CE(path2, y2) + λ · contrastive``,
+    plus ``β · (negative_evidence(maps1, y1) + negative_evidence(maps2, y2))`` when the two
+    paths' calcium maps are given and ``negative = β > 0``.
 
     The contrastive term compares the two paths' softmax probabilities with ``Y = (y1 != y2)``.
     ``forward`` returns ``(total, parts)``; parts (floats) are ``loss``, ``ce`` (= ce1 + ce2),
-    ``ce1``, ``ce2`` and ``contrastive`` (unweighted, reported even when ``lambda_ = 0``).
+    ``ce1``, ``ce2``, ``contrastive`` (unweighted, reported even when ``lambda_ = 0``) and
+    ``negative`` (unweighted; 0 without maps).
     """
 
-    def __init__(self, lambda_: float = 0.001, margin: float = 1.0) -> None:
+    def __init__(self, lambda_: float = 0.001, margin: float = 1.0, negative: float = 0.0) -> None:
         super().__init__()
         self.lambda_ = float(lambda_)
         self.margin = float(margin)
+        self.negative = float(negative)
 
     def forward(
-        self, logits1: Tensor, logits2: Tensor, y1: Tensor, y2: Tensor
+        self,
+        logits1: Tensor,
+        logits2: Tensor,
+        y1: Tensor,
+        y2: Tensor,
+        maps1: Tensor | None = None,
+        maps2: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         ce1 = F.cross_entropy(logits1, y1)
         ce2 = F.cross_entropy(logits2, y2)
@@ -46,11 +72,17 @@ class PairLoss(nn.Module):
         total = ce1 + ce2
         if self.lambda_ != 0:
             total = total + self.lambda_ * contrastive
+        negative = torch.zeros((), device=logits1.device)
+        if maps1 is not None and maps2 is not None:
+            negative = negative_evidence(maps1, y1) + negative_evidence(maps2, y2)
+            if self.negative != 0:
+                total = total + self.negative * negative
         parts = {
             "loss": float(total.detach()),
             "ce": float((ce1 + ce2).detach()),
             "ce1": float(ce1.detach()),
             "ce2": float(ce2.detach()),
             "contrastive": float(contrastive.detach()),
+            "negative": float(negative.detach()),
         }
         return total, parts

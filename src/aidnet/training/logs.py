@@ -6,7 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-LOG_COLUMNS = ["epoch", "lr", "loss", "ce", "contrastive", "val_auc", "val_accuracy", "seconds"]
+# training-loss parts, each an epoch mean (losses.PairLoss; "negative" unweighted)
+LOSS_PARTS = ("loss", "ce", "contrastive", "negative")
+LOG_COLUMNS = ["epoch", "lr", *LOSS_PARTS, "val_auc", "val_accuracy", "seconds"]
 
 
 class TrainLog:
@@ -16,9 +18,16 @@ class TrainLog:
         self.enabled = enabled
         self.csv_path = out / "log.csv"
         self.writer: Any = None
+        self.columns = list(LOG_COLUMNS)
         if not enabled:
             return
-        if not self.csv_path.exists():
+        if self.csv_path.exists():
+            # a resumed run keeps its file's columns (a run from an older version has fewer)
+            with self.csv_path.open(newline="") as fh:
+                header = next(csv.reader(fh), None)
+            if header and header[0] == "epoch" and set(header) <= set(LOG_COLUMNS):
+                self.columns = header
+        else:
             with self.csv_path.open("w", newline="") as fh:
                 csv.writer(fh, lineterminator="\n").writerow(LOG_COLUMNS)
         from torch.utils.tensorboard import SummaryWriter
@@ -34,9 +43,9 @@ class TrainLog:
             return
         with self.csv_path.open("a", newline="") as fh:
             csv.writer(fh, lineterminator="\n").writerow(
-                [row["epoch"]] + [_round(row[k]) for k in LOG_COLUMNS[1:]]
+                [row["epoch"]] + [_round(row[k]) for k in self.columns[1:]]
             )
-        for key in ("loss", "ce", "contrastive", "lr"):
+        for key in (*LOSS_PARTS, "lr"):
             self.writer.add_scalar(f"train/{key}", row[key], row["epoch"])
         for key in ("val_auc", "val_accuracy"):
             self.writer.add_scalar(f"val/{key[4:]}", row[key], row["epoch"])

@@ -23,6 +23,7 @@ from aidnet.data.splits import read_given_splits, read_splits, split_subjects, w
 from aidnet.errors import AidnetError
 from aidnet.models.registry import HEADED
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
+from aidnet.training.logs import LOSS_PARTS
 
 
 @dataclass
@@ -282,7 +283,12 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             data.items["train"], config.num_classes, max_shift=shift, seed=config.seed
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    pair_loss = PairLoss(lambda_=config.lambda_, margin=config.margin)
+    pair_loss = PairLoss(
+        lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
+    )
+    # the evidence penalty acts on a calcium map (the calcium head); other maps carry no meaning
+    # as evidence sums
+    penalise = bool(getattr(model, "map_on_calcium", False))
     ce = torch.nn.CrossEntropyLoss()
     amp_dtype = _amp_dtype(dev, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -290,7 +296,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     last = out / "last.pt"
 
     start_epoch, start_step, best_auc = 0, 0, -1.0
-    totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
+    totals = dict.fromkeys(LOSS_PARTS, 0.0)
     if resume and last.exists():
         state = load_checkpoint(last)
         _check_resumable(state, spec, last)
@@ -300,7 +306,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
         best_auc = float(state["best_auc"])
-        totals = {k: float(v) for k, v in state["totals"].items()}
+        totals.update({k: float(v) for k, v in state["totals"].items()})
     log = TrainLog(out, enabled=procs.main)
 
     def checkpoint(next_epoch: int, next_step: int) -> None:
@@ -344,7 +350,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             raise AidnetError(f"{manifest}: {exc}") from None
         first = start_step if epoch == start_epoch else 0
         if first == 0:
-            totals = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
+            totals = dict.fromkeys(LOSS_PARTS, 0.0)
         loader = DataLoader(
             train_set, batch_sampler=batches[first:], num_workers=config.num_workers
         )
@@ -366,11 +372,12 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 if siamese:
                     x1, x2, y1, y2 = (t.to(dev, non_blocking=True) for t in batch)
                     o1, o2 = net(x1, x2)
-                    loss, parts = pair_loss(o1.logits.float(), o2.logits.float(), y1, y2)
+                    maps = (o1.features, o2.features) if penalise else (None, None)
+                    loss, parts = pair_loss(o1.logits.float(), o2.logits.float(), y1, y2, *maps)
                 else:
                     x, y, _ = (t.to(dev, non_blocking=True) for t in batch)
                     loss = ce(net(x)[0].logits.float(), y)
-                    parts = {"ce": float(loss.detach()), "contrastive": 0.0}
+                    parts = {"ce": float(loss.detach())}
             if not bool(torch.isfinite(loss.detach())):
                 raise AidnetError(
                     f"{out}: training diverged (loss is {float(loss)}) at epoch {epoch + 1}"
@@ -379,8 +386,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             scaler.step(optimizer)
             scaler.update()
             totals["loss"] += float(loss.detach())
-            totals["ce"] += float(parts.get("ce", 0.0))
-            totals["contrastive"] += float(parts.get("contrastive", 0.0))
+            for key in LOSS_PARTS[1:]:
+                totals[key] += float(parts.get(key, 0.0))
             done = step + 1
             bar.set_postfix(loss=f"{totals['loss'] / done:.3f}")
             log.step(epoch * len(batches) + step, float(loss.detach()))
@@ -414,7 +421,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             row = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
-                **{k: totals[k] / steps for k in ("loss", "ce", "contrastive")},
+                **{k: totals[k] / steps for k in LOSS_PARTS},
                 "val_auc": val_auc,
                 "val_accuracy": val_acc,
                 "seconds": time.perf_counter() - t0,
