@@ -72,7 +72,7 @@ def test_negative_evidence_is_the_log_sum_on_cac_negative_scans_only():
     labels = torch.tensor([0, 2, 0])
     value = negative_evidence(maps, labels)
     expected = ((math.log(4) + 0) / 2 + (0 + math.log(9)) / 2) / 2
-    assert float(value) == pytest.approx(expected)
+    assert value.item() == pytest.approx(expected)
     value.backward()
     assert maps.grad[1].abs().sum() == 0  # no pull on a CAC-positive scan's map
     assert (maps.grad[0] > 0).all() and (maps.grad[2] > 0).all()

@@ -157,7 +157,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
     [
         (["--model", "idnet"], "--model aidnet, not idnet"),
         (["--head", "stage"], "--head calcium, not stage"),
-        (["--negative-evidence", "0.5"], "--negative-evidence 0.0, not 0.5"),
+        (["--negative-evidence", "0.5"], "--negative-evidence 0.1, not 0.5"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):
