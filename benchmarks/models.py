@@ -5,8 +5,10 @@ DenseNet-121 (MONAI), each in a fresh spawned process (so peak memory is that mo
 on this machine's CPU threads:
 
 - one training step for one pair: forward and backward of both scans and the Adam step (for the
-  Siamese AID-Net, the pair through the shared encoder with the pair loss; for the single-scan
-  baselines, the two scans as a batch of two with cross-entropy);
+  Siamese AID-Net, the pair through the shared encoder with the ``paper`` preset's pair loss,
+  the negative-evidence penalty included where the head has a calcium map, on a CAC-negative
+  pair so that the penalty is computed; for the single-scan baselines, the two scans as a batch
+  of two with cross-entropy);
 - inference of one scan (evaluation mode, no gradients);
 - the peak resident memory of the process while doing both (VmHWM, Linux).
 
@@ -47,8 +49,11 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
     rescan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
-    labels = torch.full((pairs,), 2, device=device)
-    pair_loss = PairLoss(0.001)
+    # class 0: the negative-evidence penalty acts on CAC-negative scans only, so this is the
+    # training step at its dearest (for the cross-entropy the class makes no difference)
+    labels = torch.zeros((pairs,), dtype=torch.long, device=device)
+    pair_loss = PairLoss(paper.lambda_, paper.margin, negative=paper.negative_evidence)
+    penalise = bool(getattr(model, "map_on_calcium", False))
     dtype = torch.bfloat16 if amp else None
 
     def train_pair() -> None:
@@ -57,7 +62,8 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
             if model.siamese:
                 o1, o2 = model(scan, rescan)
-                loss, _ = pair_loss(o1.logits.float(), o2.logits.float(), labels, labels)
+                maps = (o1.features, o2.features) if penalise else (None, None)
+                loss, _ = pair_loss(o1.logits.float(), o2.logits.float(), labels, labels, *maps)
             else:
                 out = model.forward_single(torch.cat([scan, rescan]))
                 loss = torch.nn.functional.cross_entropy(out.logits.float(), labels.repeat(2))
