@@ -13,7 +13,8 @@ on this machine's CPU threads:
 - the peak resident memory of the process while doing both (VmHWM, Linux).
 
 Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
-way. ``bench_models_gpu``: training pairs per second on a CUDA device, fp32 and bf16.
+way, and AID-Net's training step once more without the negative-evidence penalty (its cost as
+a ratio). ``bench_models_gpu``: training pairs per second on a CUDA device, fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ PAPER_SIZE = (64, 128, 192)
 MODELS = ("aidnet", "aidnet-stage", "resnet101", "densenet121")  # "-stage": AID-Net, stage head
 
 
-def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: int = 1):
+def _step_functions(
+    name: str, device: str = "cpu", amp: bool = False, pairs: int = 1, penalty: bool = True
+):
     import torch
 
     from aidnet.config import load_config
@@ -53,7 +56,7 @@ def _step_functions(name: str, device: str = "cpu", amp: bool = False, pairs: in
     # training step at its dearest (for the cross-entropy the class makes no difference)
     labels = torch.zeros((pairs,), dtype=torch.long, device=device)
     pair_loss = PairLoss(paper.lambda_, paper.margin, negative=paper.negative_evidence)
-    penalise = bool(getattr(model, "map_on_calcium", False))
+    penalise = penalty and bool(getattr(model, "map_on_calcium", False))
     dtype = torch.bfloat16 if amp else None
 
     def train_pair() -> None:
@@ -92,10 +95,10 @@ def _median_runs(fn, repeats: int) -> dict:
     return {"median": statistics.median(runs), "runs": runs}
 
 
-def _child(name: str, repeats: int, queue) -> None:
+def _child(name: str, repeats: int, queue, penalty: bool = True) -> None:
     import torch
 
-    train_pair, infer_scan, parameters = _step_functions(name)
+    train_pair, infer_scan, parameters = _step_functions(name, penalty=penalty)
     Path("/proc/self/clear_refs").write_text("5")  # peak := now (model and inputs built)
     before = _status_mib("VmRSS")
     result = {
@@ -110,10 +113,10 @@ def _child(name: str, repeats: int, queue) -> None:
     queue.put(result)
 
 
-def _in_child(name: str, repeats: int) -> dict:
+def _in_child(name: str, repeats: int, penalty: bool = True) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child, args=(name, repeats, queue))
+    child = ctx.Process(target=_child, args=(name, repeats, queue, penalty))
     child.start()
     result = queue.get(timeout=3600)
     child.join()
@@ -153,6 +156,8 @@ def bench_models(repeats: int) -> dict:
     paper = load_config("paper")
     repeats = max(repeats, 5)
     results = {name: _in_child(name, repeats) for name in MODELS}
+    # the same AID-Net step without the negative-evidence penalty: what the penalty costs
+    without = _in_child("aidnet", repeats, penalty=False)
     reference = results["resnet101"]
     for result in results.values():
         result["train_ratio_to_resnet101"] = (
@@ -170,5 +175,8 @@ def bench_models(repeats: int) -> dict:
         / results["aidnet-stage"]["train_pair_s"]["median"],
         "aidnet_infer_ratio_to_stage_head": results["aidnet"]["infer_scan_s"]["median"]
         / results["aidnet-stage"]["infer_scan_s"]["median"],
+        "aidnet_train_pair_s_without_penalty": without["train_pair_s"],
+        "aidnet_train_ratio_penalty_to_none": results["aidnet"]["train_pair_s"]["median"]
+        / without["train_pair_s"]["median"],
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }
