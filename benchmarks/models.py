@@ -36,7 +36,7 @@ def _step_functions(
     import torch
 
     from aidnet.config import load_config
-    from aidnet.losses import PairLoss
+    from aidnet.losses import PairLoss, penalty_maps
     from aidnet.models import build_model
 
     torch.manual_seed(0)
@@ -56,7 +56,6 @@ def _step_functions(
     # training step at its dearest (for the cross-entropy the class makes no difference)
     labels = torch.zeros((pairs,), dtype=torch.long, device=device)
     pair_loss = PairLoss(paper.lambda_, paper.margin, negative=paper.negative_evidence)
-    penalise = penalty and bool(getattr(model, "map_on_calcium", False))
     dtype = torch.bfloat16 if amp else None
 
     def train_pair() -> None:
@@ -65,7 +64,7 @@ def _step_functions(
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
             if model.siamese:
                 o1, o2 = model(scan, rescan)
-                maps = (o1.features, o2.features) if penalise else (None, None)
+                maps = penalty_maps(model, o1, o2) if penalty else (None, None)
                 loss, _ = pair_loss(o1.logits.float(), o2.logits.float(), labels, labels, *maps)
             else:
                 out = model.forward_single(torch.cat([scan, rescan]))

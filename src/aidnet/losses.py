@@ -3,6 +3,8 @@ our optional evidence penalty on CAC-negative scans for the calcium head."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,6 +38,15 @@ def negative_evidence(maps: Tensor, labels: Tensor) -> Tensor:
     evidence = torch.log1p(sums).mean(dim=1)
     negative = (labels == 0).to(evidence.dtype)
     return (evidence * negative).sum() / negative.sum().clamp(min=1)
+
+
+def penalty_maps(model: Any, out1: Any, out2: Any) -> tuple[Tensor | None, Tensor | None]:
+    """The two paths' maps for :func:`negative_evidence`: their maps before global average
+    pooling when the model's is a calcium map (the calcium head), else none; other maps carry
+    no meaning as evidence sums."""
+    if getattr(model, "map_on_calcium", False):
+        return out1.features, out2.features
+    return None, None
 
 
 class PairLoss(nn.Module):

@@ -262,7 +262,7 @@ def train(
 def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) -> Path:
     from tqdm import tqdm
 
-    from aidnet.losses import PairLoss
+    from aidnet.losses import PairLoss, penalty_maps
     from aidnet.training.batches import epoch_batches, step_seed
     from aidnet.training.logs import TrainLog
 
@@ -286,9 +286,6 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     pair_loss = PairLoss(
         lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
     )
-    # the evidence penalty acts on a calcium map (the calcium head); other maps carry no meaning
-    # as evidence sums
-    penalise = bool(getattr(model, "map_on_calcium", False))
     ce = torch.nn.CrossEntropyLoss()
     amp_dtype = _amp_dtype(dev, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -372,7 +369,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 if siamese:
                     x1, x2, y1, y2 = (t.to(dev, non_blocking=True) for t in batch)
                     o1, o2 = net(x1, x2)
-                    maps = (o1.features, o2.features) if penalise else (None, None)
+                    maps = penalty_maps(model, o1, o2)
                     loss, parts = pair_loss(o1.logits.float(), o2.logits.float(), y1, y2, *maps)
                 else:
                     x, y, _ = (t.to(dev, non_blocking=True) for t in batch)
