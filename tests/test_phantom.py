@@ -110,6 +110,16 @@ def test_full_size_scan_covers_the_chest():
     assert 0 < info["agatston"] < 400
 
 
+def test_medium_size_is_a_calcium_scoring_protocol_on_a_coarser_matrix():
+    for volume, labels, info in render_pair(5, "medium", 1):
+        nz, ny, nx = volume.shape
+        assert (ny, nx) == (256, 256) and 1.5 <= info["pixel_mm"] <= 1.9
+        assert info["thickness_mm"] in (2.5, 3.0)
+        assert info["noise_hu"] < 35  # coarser than full-size voxels: sigma scaled down
+        assert nz * info["thickness_mm"] > 230
+        assert 0 < info["agatston"] < 400 and (labels == 1).any()
+
+
 def test_cohort_manifest_and_files(tmp_path):
     manifest = make_cohort(tmp_path / "c", subjects=6, seed=3, size="small", dicom_fraction=0.25)
     with manifest.open(encoding="utf-8") as fh:

@@ -81,16 +81,22 @@ def phantom(
         20, "--subjects", min=1, help="Number of subjects (2 scans each)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the cohort is deterministic."),
-    size: str = typer.Option("small", "--size", help="full (512x512) or small (coarse grid)."),
+    size: str = typer.Option(
+        "small",
+        "--size",
+        help="full (512x512, 0.6-0.9 mm pixels), medium (256x256, 2.5-3 mm slices) or small "
+        "(128x128, coarse).",
+    ),
     dicom_fraction: float = typer.Option(
         0.0, "--dicom-fraction", min=0.0, max=1.0, help="Share of scans also written as DICOM."
     ),
 ) -> None:
     """Write a synthetic non-contrast chest-CT cohort with exact Agatston truth."""
     from aidnet.phantom import make_cohort
+    from aidnet.phantom.cohort import SIZES
 
-    if size not in ("full", "small"):
-        raise AidnetError(f"--size must be 'full' or 'small', not '{size}'")
+    if size not in SIZES:
+        raise AidnetError(f"--size must be one of {', '.join(SIZES)}, not '{size}'")
     manifest = make_cohort(
         out, subjects=subjects, seed=seed, size=size, dicom_fraction=dicom_fraction, progress=True
     )

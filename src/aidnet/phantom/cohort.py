@@ -28,8 +28,10 @@ COLUMNS = (
 _SIZES = {
     # in-plane matrix, pixel range (mm), pixel rounding (1/n mm), slice thicknesses (mm)
     "full": (512, (0.6, 0.9), 64, (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)),
+    "medium": (256, (1.5, 1.9), 32, (2.5, 3.0)),
     "small": (128, (2.8, 3.2), 32, (4.0, 4.5, 5.0)),
 }
+SIZES = tuple(_SIZES)
 
 
 def _grid(p: dict, size: str, rng: np.random.Generator) -> Grid:
