@@ -117,9 +117,53 @@ def test_tensorboard_and_csv_logs(cohort, cache, tmp_path):
         assert tag in tags, tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     lines = (run / "log.csv").read_text().splitlines()
-    assert lines[0] == "epoch,lr,loss,ce,contrastive,negative,val_auc,val_accuracy,seconds"
+    header = "epoch,lr,loss,ce,contrastive,negative,val_auc,val_accuracy,val_map_live,seconds"
+    assert lines[0] == header
     negative = [float(line.split(",")[5]) for line in lines[1:]]
     assert len(negative) == 2 and all(n > 0 for n in negative)  # calcium maps on CAC-0 scans
+    live = [float(line.split(",")[8]) for line in lines[1:]]
+    assert all(0.0 <= v <= 1.0 for v in live)
+
+
+def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
+    from aidnet.models import build_model
+    from aidnet.training.loop import _model_spec, prepare_data, validation_scores
+
+    config = load_config("tiny", **TINY)
+    data = prepare_data(config, cohort, tmp_path, cache_dir=cache, progress=False)
+    spec = {k: v for k, v in _model_spec(config).items() if k not in ("input_size", "strategy")}
+    model = build_model(**spec)
+    val = data.items["val"]
+    assert any((i.record.label or 0) > 0 for i in val)
+    auc, acc, live = validation_scores(model, val, config, torch.device("cpu"))
+    assert live > 0.0  # a fresh map holds evidence on CAC-positive scans
+    norm = model.calcium_map.refine[1]  # ReLU(norm(conv(...))) * calcium: a negative bias kills it
+    with torch.no_grad():
+        norm.weight.zero_()
+        norm.bias.fill_(-1.0)
+    assert validation_scores(model, val, config, torch.device("cpu"))[2] == 0.0
+    baseline = load_config("tiny", model="densenet121", **TINY)
+    net = build_model(name="densenet121", in_channels=2, num_classes=baseline.num_classes)
+    assert np.isnan(validation_scores(net, val, baseline, torch.device("cpu"))[2])
+
+
+def test_a_dead_map_epoch_is_not_selected_and_a_dead_run_warns(
+    cohort, cache, tmp_path, monkeypatch, capsys
+):
+    import aidnet.training.loop as loop
+
+    config = load_config("tiny", epochs=3, **TINY)
+    # epoch 2 scores best on validation AUC, but its calcium map is dead
+    script = iter([(0.6, 0.5, 1.0), (0.9, 0.7, 0.0), (0.7, 0.6, 0.5)])
+    monkeypatch.setattr(loop, "validation_scores", lambda *a: next(script))
+    best = train(config, cohort, tmp_path / "a", cache_dir=cache, progress=False)
+    assert load_checkpoint(best)["epoch"] == 2  # 0-based: the third epoch (0.7, live)
+    assert "warning" not in capsys.readouterr().err
+    script = iter([(0.6, 0.5, 0.0), (0.9, 0.7, 0.0), (0.7, 0.6, 0.0)])
+    best = train(config, cohort, tmp_path / "b", cache_dir=cache, progress=False)
+    assert load_checkpoint(best)["epoch"] == 1  # all dead: the best score
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "calcium map is zero" in err and str(tmp_path / "b") in err
 
 
 def test_a_resumed_log_from_an_older_version_keeps_its_columns(tmp_path):

@@ -8,7 +8,9 @@ from typing import Any
 
 # training-loss parts, each an epoch mean (losses.PairLoss; "negative" unweighted)
 LOSS_PARTS = ("loss", "ce", "contrastive", "negative")
-LOG_COLUMNS = ["epoch", "lr", *LOSS_PARTS, "val_auc", "val_accuracy", "seconds"]
+# val_map_live: share of CAC-positive validation scans with any calcium-map evidence (NaN for
+# models without a calcium map); 0 is a dead map
+LOG_COLUMNS = ["epoch", "lr", *LOSS_PARTS, "val_auc", "val_accuracy", "val_map_live", "seconds"]
 
 
 class TrainLog:
@@ -47,8 +49,9 @@ class TrainLog:
             )
         for key in (*LOSS_PARTS, "lr"):
             self.writer.add_scalar(f"train/{key}", row[key], row["epoch"])
-        for key in ("val_auc", "val_accuracy"):
-            self.writer.add_scalar(f"val/{key[4:]}", row[key], row["epoch"])
+        for key in ("val_auc", "val_accuracy", "val_map_live"):
+            if key in row:
+                self.writer.add_scalar(f"val/{key[4:]}", row[key], row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ GPUs and several processes through ``torchrun`` (DDP)."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,16 @@ def _model_spec(config: Config) -> dict:
 
 @torch.no_grad()
 def predict_items(
-    model, items: list[Item], num_classes: int, device: torch.device, desc: str | None = None
+    model,
+    items: list[Item],
+    num_classes: int,
+    device: torch.device,
+    desc: str | None = None,
+    map_sums: list[float] | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, C) of single scans through one path of the model; with ``desc``
-    a progress bar of that name on a terminal."""
+    a progress bar of that name on a terminal. With ``map_sums`` a list, each scan's sum of its
+    map before global average pooling is appended to it."""
     from tqdm import tqdm
 
     from aidnet.evaluation.metrics import class_probs
@@ -124,21 +131,34 @@ def predict_items(
     out = []
     bar = tqdm(loader, desc=desc, unit="batch", disable=None if desc else True, leave=False)
     for image, _, _ in bar:
-        out.append(class_probs(model.forward_single(image.to(device)).logits).cpu().numpy())
+        single = model.forward_single(image.to(device))
+        out.append(class_probs(single.logits).cpu().numpy())
+        if map_sums is not None:
+            map_sums.extend(single.features.flatten(1).float().sum(1).cpu().tolist())
     return np.concatenate(out) if out else np.zeros((0, num_classes))
 
 
-def validation_scores(model, items: list[Item], config: Config, device) -> tuple[float, float]:
+def validation_scores(
+    model, items: list[Item], config: Config, device
+) -> tuple[float, float, float]:
+    """Validation AUC, accuracy and, for a model whose map is on calcium (the calcium head),
+    the share of CAC-positive scans whose map holds any evidence (NaN for other models or
+    without such scans). A share of 0 is a dead map: the decision then rests on the attention
+    features alone and Grad-CAM has nothing to show."""
     from aidnet.evaluation.metrics import binary_metrics
 
     if not items:
-        return float("nan"), float("nan")
-    probs = predict_items(model, items, config.num_classes, device)
+        return float("nan"), float("nan"), float("nan")
+    sums: list[float] | None = [] if getattr(model, "map_on_calcium", False) else None
+    probs = predict_items(model, items, config.num_classes, device, map_sums=sums)
     p_cac = probs[:, 1:].sum(axis=1)
     y = np.array([int((i.record.label or 0) > 0) for i in items])
     metrics = binary_metrics(y, p_cac, n_boot=0)
     auc = metrics["auc"]
-    return (float("nan") if auc is None else float(auc)), float(metrics["accuracy"])
+    live = float("nan")
+    if sums is not None and y.any():
+        live = float(np.mean(np.asarray(sums)[y == 1] > 0))
+    return (float("nan") if auc is None else float(auc)), float(metrics["accuracy"]), live
 
 
 def learning_rate(config: Config, epoch: int) -> float:
@@ -292,7 +312,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     spec = _model_spec(config)
     last = out / "last.pt"
 
-    start_epoch, start_step, best_auc = 0, 0, -1.0
+    # best epoch so far: a live calcium map first (NaN = no calcium map: live), then its score
+    start_epoch, start_step, best_auc, best_live = 0, 0, -1.0, False
     totals = dict.fromkeys(LOSS_PARTS, 0.0)
     if resume and last.exists():
         state = load_checkpoint(last)
@@ -303,6 +324,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
         best_auc = float(state["best_auc"])
+        best_live = bool(state.get("best_live", True))  # older runs: chosen on score alone
         totals.update({k: float(v) for k, v in state["totals"].items()})
     log = TrainLog(out, enabled=procs.main)
 
@@ -318,6 +340,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 "next_step": next_step,
                 "totals": dict(totals),
                 "best_auc": best_auc,
+                "best_live": best_live,
                 "config": config.to_dict(),
             },
         )
@@ -397,13 +420,14 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 saved_at = time.monotonic()
         bar.close()
         steps = max(len(batches), 1)
-        improved, val_auc, val_acc = False, float("nan"), float("nan")
+        improved, val_auc, val_acc, live = False, float("nan"), float("nan"), float("nan")
         if procs.main:
-            val_auc, val_acc = validation_scores(model, data.items["val"], config, dev)
+            val_auc, val_acc, live = validation_scores(model, data.items["val"], config, dev)
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
-            improved = score > best_auc
+            alive = live != 0.0
+            improved = (alive, score) > (best_live, best_auc)
             if improved:
-                best_auc = score
+                best_auc, best_live = score, alive
                 save_checkpoint(
                     out / "best.pt",
                     {
@@ -421,15 +445,24 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 **{k: totals[k] / steps for k in LOSS_PARTS},
                 "val_auc": val_auc,
                 "val_accuracy": val_acc,
+                "val_map_live": live,
                 "seconds": time.perf_counter() - t0,
             }
             log.epoch(row)
             if progress:
                 print(
                     f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}  "
-                    f"val AUC {val_auc:.3f}  val acc {val_acc:.3f}  ({row['seconds']:.1f} s)"
+                    f"val AUC {val_auc:.3f}  val acc {val_acc:.3f}"
+                    + (f"  map live {live:.2f}" if np.isfinite(live) else "")
+                    + f"  ({row['seconds']:.1f} s)"
                     + ("  *best*" if improved else "")
                 )
         procs.barrier()
     log.close()
+    if procs.main and not best_live:
+        print(
+            f"warning: {out}: the selected model's calcium map is zero on every CAC-positive "
+            "validation scan (its heat maps will be empty); train again with another --seed",
+            file=sys.stderr,
+        )
     return out / "best.pt"
