@@ -78,8 +78,13 @@ def test_same_seed_same_weights(cohort, cache, tmp_path):
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
 
 
-def test_killed_mid_epoch_resume_gives_the_same_weights(cohort, cache, tmp_path, monkeypatch):
-    config = load_config("tiny", epochs=2, checkpoint_steps=1, dropout=0.2, **TINY)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_killed_mid_epoch_resume_gives_the_same_weights(
+    cohort, cache, tmp_path, monkeypatch, ema_decay
+):
+    config = load_config(
+        "tiny", epochs=2, checkpoint_steps=1, dropout=0.2, ema_decay=ema_decay, **TINY
+    )
     train(config, cohort, tmp_path / "straight", cache_dir=cache, progress=False)
 
     saves = []
@@ -100,6 +105,15 @@ def test_killed_mid_epoch_resume_gives_the_same_weights(cohort, cache, tmp_path,
     assert (state["next_epoch"], state["next_step"]) == (1, 2)  # half-way through epoch 2
     train(config, cohort, tmp_path / "killed", cache_dir=cache, resume=True, progress=False)
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"))
+    assert_same_weights(
+        weights(tmp_path / "straight", "best.pt"), weights(tmp_path / "killed", "best.pt")
+    )
+    if ema_decay:  # the weight average resumes exactly too
+        averages = [
+            load_checkpoint(tmp_path / r / "last.pt")["average"] for r in ("straight", "killed")
+        ]
+        assert averages[0]["updates"] == averages[1]["updates"] > 0
+        assert_same_weights(averages[0]["weights"], averages[1]["weights"])
     log = (tmp_path / "killed" / "log.csv").read_text().splitlines()
     assert log == (tmp_path / "straight" / "log.csv").read_text().splitlines()[:1] + log[1:]
     assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]
@@ -166,6 +180,64 @@ def test_a_dead_map_epoch_is_not_selected_and_a_dead_run_warns(
     assert err.count("warning") == 1 and "calcium map is zero" in err and str(tmp_path / "b") in err
 
 
+def test_the_weight_average_by_hand():
+    from aidnet.training.average import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    average = WeightAverage(model, decay=0.5)
+    steps = []
+    for value in (3.0, 5.0, 7.0):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+        model.train()(torch.randn(4, 2))  # moves BatchNorm's statistics and its counter
+        average.update(model)
+        steps.append(value)
+    # d = min(0.5, (1 + n) / (10 + n)) = 2/11, then 0.5, 0.5
+    expected = 1.0
+    for n, value in enumerate(steps, start=1):
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+    shadow = average.module.state_dict()
+    assert torch.allclose(shadow["0.weight"], torch.full((1, 2), expected))
+    assert shadow["1.num_batches_tracked"] == model[1].num_batches_tracked == 3  # copied
+    assert not torch.equal(shadow["1.running_mean"], model[1].running_mean)  # averaged
+    assert not any(p.requires_grad for p in average.module.parameters())
+    copy = WeightAverage(model, decay=0.5)
+    copy.load_state_dict(average.state_dict())
+    assert copy.updates == 3
+    assert_same_weights(copy.module.state_dict(), shadow)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_validation_and_best_use_the_weight_average(cohort, cache, tmp_path, monkeypatch):
+    config = load_config("tiny", epochs=2, ema_decay=0.9, **TINY)
+    seen = []
+
+    def scripted(model, *args):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return (0.5 + len(seen) / 10, 0.5, 1.0)  # every epoch better than the last
+
+    monkeypatch.setattr(loop, "validation_scores", scripted)
+    best = load_checkpoint(train(config, cohort, tmp_path / "run", cache_dir=cache, progress=False))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["epoch"] == 1 and best["weights"] == "average"
+    assert_same_weights(best["model"], last["average"]["weights"])
+    assert_same_weights(seen[-1], last["average"]["weights"])
+    differs = [not torch.equal(best["model"][k], last["model"][k]) for k in last["model"]]
+    assert any(differs)  # the average is not the last step's weights
+    with pytest.raises(AidnetError, match="ema_decay must be"):
+        load_config("tiny", ema_decay=1.0)
+    off = load_config("tiny", epochs=1, **TINY)
+    assert off.ema_decay == 0.0
+    monkeypatch.setattr(loop, "validation_scores", lambda *a: (0.5, 0.5, 1.0))
+    plain = load_checkpoint(train(off, cohort, tmp_path / "off", cache_dir=cache, progress=False))
+    assert plain["weights"] == "last step"
+    assert_same_weights(plain["model"], weights(tmp_path / "off"))
+
+
 def test_a_resumed_log_from_an_older_version_keeps_its_columns(tmp_path):
     from aidnet.training.logs import TrainLog
 
@@ -202,6 +274,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
         (["--model", "idnet"], "--model aidnet, not idnet"),
         (["--head", "stage"], "--head calcium, not stage"),
         (["--negative-evidence", "0.5"], "--negative-evidence 0.1, not 0.5"),
+        (["--ema-decay", "0.9"], "--ema-decay 0.0, not 0.9"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):

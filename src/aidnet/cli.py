@@ -194,6 +194,11 @@ def train(
         "--negative-evidence",
         help="Weight of the calcium head's evidence penalty on CAC-negative scans (0: off).",
     ),
+    ema_decay: float | None = typer.Option(
+        None,
+        "--ema-decay",
+        help="Per-step decay of the weight average that validation and best.pt use (0: off).",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -220,6 +225,7 @@ def train(
                 "--lambda": ("lambda_", lambda_),
                 "--head": ("head", head),
                 "--negative-evidence": ("negative_evidence", negative_evidence),
+                "--ema-decay": ("ema_decay", ema_decay),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -232,6 +238,7 @@ def train(
         lambda_=lambda_,
         head=head,
         negative_evidence=negative_evidence,
+        ema_decay=ema_decay,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

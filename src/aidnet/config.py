@@ -36,6 +36,9 @@ class Config:
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
     weight_decay: float = 0.0
+    # decay per step of the moving average of the weights that validation, model selection and
+    # best.pt use (training/average.py); 0 turns it off and selects the last step's weights
+    ema_decay: float = 0.0
     batch_size: int = 2
     epochs: int = 100
     seed: int = 0
@@ -71,6 +74,8 @@ class Config:
             raise AidnetError("val_fraction and test_fraction must lie between 0 and 1")
         if not self.negative_evidence >= 0:
             raise AidnetError(f"negative_evidence must be >= 0, not {self.negative_evidence}")
+        if not 0 <= self.ema_decay < 1:
+            raise AidnetError(f"ema_decay must be >= 0 and < 1, not {self.ema_decay}")
         if self.head not in ("stage", "calcium"):
             raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):

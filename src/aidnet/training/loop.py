@@ -23,6 +23,7 @@ from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_given_splits, read_splits, split_subjects, write_splits
 from aidnet.errors import AidnetError
 from aidnet.models.registry import HEADED
+from aidnet.training.average import WeightAverage
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 from aidnet.training.logs import LOSS_PARTS
 
@@ -311,6 +312,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     spec = _model_spec(config)
     last = out / "last.pt"
+    # validation, selection and best.pt use the averaged weights when averaging is on
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
 
     # best epoch so far: a live calcium map first (NaN = no calcium map: live), then its score
     start_epoch, start_step, best_auc, best_live = 0, 0, -1.0, False
@@ -325,6 +328,10 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
         best_auc = float(state["best_auc"])
         best_live = bool(state.get("best_live", True))  # older runs: chosen on score alone
+        if average is not None:
+            if not state.get("average"):
+                raise AidnetError(f"{last}: saved without the weight average this run uses")
+            average.load_state_dict(state["average"])
         totals.update({k: float(v) for k, v in state["totals"].items()})
     log = TrainLog(out, enabled=procs.main)
 
@@ -341,6 +348,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 "totals": dict(totals),
                 "best_auc": best_auc,
                 "best_live": best_live,
+                "average": average.state_dict() if average is not None else {},
                 "config": config.to_dict(),
             },
         )
@@ -405,6 +413,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                average.update(model)
             totals["loss"] += float(loss.detach())
             for key in LOSS_PARTS[1:]:
                 totals[key] += float(parts.get(key, 0.0))
@@ -422,7 +432,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         steps = max(len(batches), 1)
         improved, val_auc, val_acc, live = False, float("nan"), float("nan"), float("nan")
         if procs.main:
-            val_auc, val_acc, live = validation_scores(model, data.items["val"], config, dev)
+            scored = average.module if average is not None else model
+            val_auc, val_acc, live = validation_scores(scored, data.items["val"], config, dev)
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
             alive = live != 0.0
             improved = (alive, score) > (best_live, best_auc)
@@ -431,9 +442,10 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 save_checkpoint(
                     out / "best.pt",
                     {
-                        "model": _cpu_weights(model),
+                        "model": _cpu_weights(scored),
                         "model_spec": spec,
                         "epoch": epoch,
+                        "weights": "average" if average is not None else "last step",
                         "val_auc": val_auc,
                         "config": config.to_dict(),
                     },
