@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from aidnet.training.checkpoint import cpu_weights
+
 
 class WeightAverage:
     """``shadow = d·shadow + (1 − d)·weights`` after each step, with ``d = min(decay, (1 + n) /
@@ -39,8 +41,7 @@ class WeightAverage:
                 shadow.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        weights = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        return {"decay": self.decay, "updates": self.updates, "weights": weights}
+        return {"decay": self.decay, "updates": self.updates, "weights": cpu_weights(self.module)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["weights"])

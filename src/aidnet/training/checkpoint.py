@@ -18,6 +18,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, **state}, tmp)
 
 
+def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state dict, detached and on the CPU, as checkpoints store it."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by aidnet; any other file is one clear error."""
     if not path.is_file():

@@ -24,7 +24,7 @@ from aidnet.data.splits import read_given_splits, read_splits, split_subjects, w
 from aidnet.errors import AidnetError
 from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
-from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
+from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
 from aidnet.training.logs import LOSS_PARTS
 
 
@@ -191,10 +191,6 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
         raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
 
 
-def _cpu_weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
 def _amp_dtype(dev: torch.device, enabled: bool) -> torch.dtype | None:
     """bfloat16 where the GPU has it (no loss scaling needed), else float16; None on CPU."""
     if dev.type != "cuda" or not enabled:
@@ -339,7 +335,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         save_checkpoint(
             last,
             {
-                "model": _cpu_weights(model),
+                "model": cpu_weights(model),
                 "model_spec": spec,
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -442,7 +438,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 save_checkpoint(
                     out / "best.pt",
                     {
-                        "model": _cpu_weights(scored),
+                        "model": cpu_weights(scored),
                         "model_spec": spec,
                         "epoch": epoch,
                         "weights": "average" if average is not None else "last step",
