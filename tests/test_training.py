@@ -131,12 +131,42 @@ def test_tensorboard_and_csv_logs(cohort, cache, tmp_path):
         assert tag in tags, tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     lines = (run / "log.csv").read_text().splitlines()
-    header = "epoch,lr,loss,ce,contrastive,negative,val_auc,val_accuracy,val_map_live,seconds"
+    header = (
+        "epoch,lr,loss,ce,contrastive,negative,grad_norm_max,val_auc,val_accuracy,"
+        "val_map_live,seconds"
+    )
     assert lines[0] == header
     negative = [float(line.split(",")[5]) for line in lines[1:]]
     assert len(negative) == 2 and all(n > 0 for n in negative)  # calcium maps on CAC-0 scans
-    live = [float(line.split(",")[8]) for line in lines[1:]]
+    assert all(float(line.split(",")[6]) > 0 for line in lines[1:])
+    live = [float(line.split(",")[9]) for line in lines[1:]]
     assert all(0.0 <= v <= 1.0 for v in live)
+
+
+def test_grad_clip_bounds_every_step(cohort, cache, tmp_path, monkeypatch):
+    norms: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    free = load_config("tiny", epochs=1, **TINY)
+    train(free, cohort, tmp_path / "free", cache_dir=cache, progress=False)
+    unclipped, norms[:] = list(norms), []
+    logged = float((tmp_path / "free" / "log.csv").read_text().splitlines()[1].split(",")[6])
+    assert logged == pytest.approx(max(unclipped), rel=1e-4)  # the log's norm is before clipping
+    clip = 0.5 * min(unclipped)
+    clipped = load_config("tiny", epochs=1, grad_clip=clip, **TINY)
+    train(clipped, cohort, tmp_path / "clipped", cache_dir=cache, progress=False)
+    assert len(norms) == len(unclipped) > 0
+    assert all(n == pytest.approx(clip, rel=1e-4) for n in norms)  # every step scaled down
+    free_w, clipped_w = weights(tmp_path / "free"), weights(tmp_path / "clipped")
+    assert any(not torch.equal(free_w[k], clipped_w[k]) for k in free_w)
+    with pytest.raises(AidnetError, match="grad_clip must be"):
+        load_config("tiny", grad_clip=-1.0)
 
 
 def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):

@@ -199,6 +199,11 @@ def train(
         "--ema-decay",
         help="Per-step decay of the weight average that validation and best.pt use (0: off).",
     ),
+    grad_clip: float | None = typer.Option(
+        None,
+        "--grad-clip",
+        help="Largest gradient norm per step; larger ones are scaled down to it (0: off).",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -226,6 +231,7 @@ def train(
                 "--head": ("head", head),
                 "--negative-evidence": ("negative_evidence", negative_evidence),
                 "--ema-decay": ("ema_decay", ema_decay),
+                "--grad-clip": ("grad_clip", grad_clip),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -239,6 +245,7 @@ def train(
         head=head,
         negative_evidence=negative_evidence,
         ema_decay=ema_decay,
+        grad_clip=grad_clip,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

@@ -39,6 +39,8 @@ class Config:
     # decay per step of the moving average of the weights that validation, model selection and
     # best.pt use (training/average.py); 0 turns it off and selects the last step's weights
     ema_decay: float = 0.0
+    # largest global gradient norm per step; a larger one is scaled down to it (0: off)
+    grad_clip: float = 0.0
     batch_size: int = 2
     epochs: int = 100
     seed: int = 0
@@ -76,6 +78,8 @@ class Config:
             raise AidnetError(f"negative_evidence must be >= 0, not {self.negative_evidence}")
         if not 0 <= self.ema_decay < 1:
             raise AidnetError(f"ema_decay must be >= 0 and < 1, not {self.ema_decay}")
+        if not self.grad_clip >= 0:
+            raise AidnetError(f"grad_clip must be >= 0 (0: off), not {self.grad_clip}")
         if self.head not in ("stage", "calcium"):
             raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):

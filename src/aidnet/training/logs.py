@@ -10,7 +10,17 @@ from typing import Any
 LOSS_PARTS = ("loss", "ce", "contrastive", "negative")
 # val_map_live: share of CAC-positive validation scans with any calcium-map evidence (NaN for
 # models without a calcium map); 0 is a dead map
-LOG_COLUMNS = ["epoch", "lr", *LOSS_PARTS, "val_auc", "val_accuracy", "val_map_live", "seconds"]
+# grad_norm_max: the epoch's largest global gradient norm, before any clipping
+LOG_COLUMNS = [
+    "epoch",
+    "lr",
+    *LOSS_PARTS,
+    "grad_norm_max",
+    "val_auc",
+    "val_accuracy",
+    "val_map_live",
+    "seconds",
+]
 
 
 class TrainLog:
@@ -47,8 +57,9 @@ class TrainLog:
             csv.writer(fh, lineterminator="\n").writerow(
                 [row["epoch"]] + [_round(row[k]) for k in self.columns[1:]]
             )
-        for key in (*LOSS_PARTS, "lr"):
-            self.writer.add_scalar(f"train/{key}", row[key], row["epoch"])
+        for key in (*LOSS_PARTS, "lr", "grad_norm_max"):
+            if key in row:
+                self.writer.add_scalar(f"train/{key}", row[key], row["epoch"])
         for key in ("val_auc", "val_accuracy", "val_map_live"):
             if key in row:
                 self.writer.add_scalar(f"val/{key[4:]}", row[key], row["epoch"])

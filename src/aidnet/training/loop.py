@@ -314,6 +314,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     # best epoch so far: a live calcium map first (NaN = no calcium map: live), then its score
     start_epoch, start_step, best_auc, best_live = 0, 0, -1.0, False
     totals = dict.fromkeys(LOSS_PARTS, 0.0)
+    grad_max = 0.0  # the epoch's largest gradient norm so far (log.csv)
     if resume and last.exists():
         state = load_checkpoint(last)
         _check_resumable(state, spec, last)
@@ -329,6 +330,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 raise AidnetError(f"{last}: saved without the weight average this run uses")
             average.load_state_dict(state["average"])
         totals.update({k: float(v) for k, v in state["totals"].items()})
+        grad_max = float(state.get("grad_norm_max", 0.0))
     log = TrainLog(out, enabled=procs.main)
 
     def checkpoint(next_epoch: int, next_step: int) -> None:
@@ -342,6 +344,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 "next_epoch": next_epoch,
                 "next_step": next_step,
                 "totals": dict(totals),
+                "grad_norm_max": grad_max,
                 "best_auc": best_auc,
                 "best_live": best_live,
                 "average": average.state_dict() if average is not None else {},
@@ -375,6 +378,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         first = start_step if epoch == start_epoch else 0
         if first == 0:
             totals = dict.fromkeys(LOSS_PARTS, 0.0)
+            grad_max = 0.0
         loader = DataLoader(
             train_set, batch_sampler=batches[first:], num_workers=config.num_workers
         )
@@ -407,6 +411,10 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                     f"{out}: training diverged (loss is {float(loss)}) at epoch {epoch + 1}"
                 )
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # true gradients for the norm (a no-op without scaling)
+            clip = config.grad_clip if config.grad_clip > 0 else math.inf
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            grad_max = max(grad_max, norm) if math.isfinite(norm) else grad_max
             scaler.step(optimizer)
             scaler.update()
             if average is not None:
@@ -451,6 +459,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 **{k: totals[k] / steps for k in LOSS_PARTS},
+                "grad_norm_max": grad_max,
                 "val_auc": val_auc,
                 "val_accuracy": val_acc,
                 "val_map_live": live,
