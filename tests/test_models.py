@@ -185,3 +185,48 @@ def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
 def test_unknown_model_lists_known_names():
     with pytest.raises(AidnetError, match="aidnet, idnet, resnet101, densenet121"):
         build_model("unet")
+
+
+def test_running_evidence_norm_is_batch_independent_in_training():
+    """With ``running_evidence`` a scan's training-mode logits do not depend on the rest of its
+    batch, the first batch sets the statistics and later ones move them by the momentum; in
+    eval the layer is the plain BatchNorm. With batch statistics (the default) they do depend
+    on the batch, which shows the check can fail."""
+    from aidnet.models.heads import RisingClassifier
+
+    torch.manual_seed(0)
+    pooled = torch.rand(6, 4) * 0.01
+    other = torch.randn(6, 5)
+    for running in (False, True):
+        head = RisingClassifier(4, 3, other_channels=5)
+        head.running_evidence = running
+        head.train()
+        head(pooled[:3], 1000, other[:3])  # statistics from a first batch
+        stats = {k: v.clone() for k, v in head.norm.state_dict().items()}
+        together = head(pooled[3:], 1000, other[3:])
+        head.norm.load_state_dict(stats)  # as before that batch
+        alone = head(
+            pooled[3:4].expand(3, 4) * torch.tensor([[1.0], [2.0], [3.0]]),
+            1000,
+            other[3:4].expand(3, 5),
+        )
+        same = torch.allclose(together[0], alone[0], atol=1e-6)
+        assert same == running
+    raw = torch.log1p(pooled * 1000)
+    head = RisingClassifier(4, 3, other_channels=5)
+    head.running_evidence = True
+    head.train()
+    head(pooled[:3], 1000, other[:3])
+    assert torch.allclose(head.norm.running_mean, raw[:3].mean(0))  # first batch: its own mean
+    second = head(pooled[3:], 1000, other[3:])
+    first_mean = raw[:3].mean(0)
+    normed = (raw[3:] - first_mean) / torch.sqrt(raw[:3].var(0) + head.norm.eps)
+    expected = torch.nn.functional.pad(normed @ torch.nn.functional.softplus(head.weight).T, (1, 0))
+    assert torch.allclose(second, expected + head.other(other[3:]), atol=1e-5)  # old statistics
+    # then the update: a plain mean of the two batch means (rate max(momentum, 1/2))
+    assert torch.allclose(head.norm.running_mean, (raw[:3].mean(0) + raw[3:].mean(0)) / 2)
+    head.eval()
+    plain = RisingClassifier(4, 3, other_channels=5)
+    plain.load_state_dict(head.state_dict())  # the same weights and buffers as a BatchNorm
+    plain.eval()
+    assert torch.equal(head(pooled, 1000, other), plain(pooled, 1000, other))

@@ -169,6 +169,27 @@ def test_grad_clip_bounds_every_step(cohort, cache, tmp_path, monkeypatch):
         load_config("tiny", grad_clip=-1.0)
 
 
+def test_evidence_norm_running_reaches_the_head(cohort, cache, tmp_path, monkeypatch):
+    from aidnet.models.heads import RisingClassifier
+
+    flags: list[bool] = []
+    real = RisingClassifier._normalise
+
+    def spy(self, raw):
+        if self.training:
+            flags.append(self.running_evidence)
+        return real(self, raw)
+
+    monkeypatch.setattr(RisingClassifier, "_normalise", spy)
+    for norm in ("batch", "running"):
+        config = load_config("tiny", epochs=1, evidence_norm=norm, **TINY)
+        train(config, cohort, tmp_path / norm, cache_dir=cache, progress=False)
+        assert flags and set(flags) == {norm == "running"}
+        flags.clear()
+    with pytest.raises(AidnetError, match="evidence_norm must be"):
+        load_config("tiny", evidence_norm="group")
+
+
 def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
     from aidnet.models import build_model
     from aidnet.training.loop import _model_spec, prepare_data, validation_scores

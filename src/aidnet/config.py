@@ -33,6 +33,9 @@ class Config:
     margin: float = 1.0
     # weight of the evidence penalty on CAC-negative scans (calcium head only; losses.py)
     negative_evidence: float = 0.0
+    # calcium head: normalise the evidence in training with the batch's statistics ("batch",
+    # BatchNorm) or with running ones ("running", batch-independent; models/heads.py)
+    evidence_norm: str = "batch"
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
     weight_decay: float = 0.0
@@ -80,6 +83,8 @@ class Config:
             raise AidnetError(f"ema_decay must be >= 0 and < 1, not {self.ema_decay}")
         if not self.grad_clip >= 0:
             raise AidnetError(f"grad_clip must be >= 0 (0: off), not {self.grad_clip}")
+        if self.evidence_norm not in ("batch", "running"):
+            raise AidnetError(f"evidence_norm must be batch or running, not {self.evidence_norm}")
         if self.head not in ("stage", "calcium"):
             raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -58,6 +58,12 @@ class RisingClassifier(nn.Module):
 
     So the log-odds of CAC never fall when the map grows anywhere, and Grad-CAM's channel
     weights on the map are all positive: its heat map is the map's evidence itself.
+
+    ``running_evidence`` (off by default; training's ``evidence_norm: running``): in training
+    too, normalise with the running statistics as they stood before the batch (the very first
+    batch sets them), then update them from it without a gradient: a scan's evidence does not
+    depend on the other scans of its batch (a batch of four subjects may hold no calcium at
+    all). Inference, and the saved weights, are the same either way.
     """
 
     def __init__(
@@ -69,9 +75,30 @@ class RisingClassifier(nn.Module):
         self.other = nn.Linear(other_channels, num_classes) if other_channels else None
         self.bias = None if other_channels else nn.Parameter(torch.zeros(num_classes))
         self.dropout = nn.Dropout(dropout)
+        self.running_evidence = False
+
+    def _normalise(self, raw: Tensor) -> Tensor:
+        norm = self.norm
+        if not (self.training and self.running_evidence):
+            return norm(raw)
+        assert norm.running_mean is not None and norm.running_var is not None
+        assert norm.num_batches_tracked is not None
+        with torch.no_grad():
+            if int(norm.num_batches_tracked) == 0:  # the first batch sets the statistics
+                norm.running_mean.copy_(raw.mean(0))
+                if raw.shape[0] > 1:
+                    norm.running_var.copy_(raw.var(0))
+            mean, var = norm.running_mean.clone(), norm.running_var.clone()
+            # then a plain mean over the first batches, later the layer's momentum
+            norm.num_batches_tracked += 1
+            rate = max(float(norm.momentum or 0.0), 1.0 / float(norm.num_batches_tracked))
+            norm.running_mean.lerp_(raw.mean(0), rate)
+            if raw.shape[0] > 1:
+                norm.running_var.lerp_(raw.var(0), rate)
+        return (raw - mean) / torch.sqrt(var + norm.eps)
 
     def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
-        evidence = self.dropout(self.norm(torch.log1p(pooled * voxels)))
+        evidence = self.dropout(self._normalise(torch.log1p(pooled * voxels)))
         logits = F.pad(evidence @ F.softplus(self.weight).T, (1, 0))
         if self.other is not None:
             if other is None:

@@ -264,6 +264,8 @@ def train(
             dropout=config.dropout,
             head=config.head,
         ).to(dev)
+        if getattr(model, "evidence", None) is not None:
+            model.evidence.running_evidence = config.evidence_norm == "running"
         net: Any = model
         if procs.distributed:
             if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
