@@ -326,6 +326,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
         (["--head", "stage"], "--head calcium, not stage"),
         (["--negative-evidence", "0.5"], "--negative-evidence 0.1, not 0.5"),
         (["--ema-decay", "0.9"], "--ema-decay 0.0, not 0.9"),
+        (["--grad-clip", "5"], "--grad-clip 0.0, not 5.0"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):
