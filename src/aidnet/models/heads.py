@@ -84,17 +84,17 @@ class RisingClassifier(nn.Module):
         assert norm.running_mean is not None and norm.running_var is not None
         assert norm.num_batches_tracked is not None
         with torch.no_grad():
+            batch_mean = raw.mean(0)
+            batch_var = raw.var(0) if raw.shape[0] > 1 else norm.running_var.clone()
             if int(norm.num_batches_tracked) == 0:  # the first batch sets the statistics
-                norm.running_mean.copy_(raw.mean(0))
-                if raw.shape[0] > 1:
-                    norm.running_var.copy_(raw.var(0))
+                norm.running_mean.copy_(batch_mean)
+                norm.running_var.copy_(batch_var)
             mean, var = norm.running_mean.clone(), norm.running_var.clone()
             # then a plain mean over the first batches, later the layer's momentum
             norm.num_batches_tracked += 1
             rate = max(float(norm.momentum or 0.0), 1.0 / float(norm.num_batches_tracked))
-            norm.running_mean.lerp_(raw.mean(0), rate)
-            if raw.shape[0] > 1:
-                norm.running_var.lerp_(raw.var(0), rate)
+            norm.running_mean.lerp_(batch_mean, rate)
+            norm.running_var.lerp_(batch_var, rate)
         return (raw - mean) / torch.sqrt(var + norm.eps)
 
     def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
