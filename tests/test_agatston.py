@@ -93,6 +93,21 @@ def test_mask_keeps_only_overlapping_components():
     assert agatston(hu, (3.0, 1.0, 1.0)).score == pytest.approx(25 * 4)
 
 
+def test_mask_scores_a_lesion_without_the_other_labels_calcium_it_touches():
+    hu = blank()
+    hu[1, 2:5, 2:5] = 250  # coronary plaque, 9 px, weight 2 on its own
+    hu[1, 2:5, 1] = 140  # its unlabelled rim, 3 px
+    hu[1, 2:6, 5:9] = 900  # aortic wall calcium beside it, 16 px, one component with both
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[1, 2:5, 2:5] = 1
+    mask[1, 2:6, 5:9] = 2
+    coronary = agatston(hu, (3.0, 1.0, 1.0), mask=mask, label=1)
+    assert [lesion.voxels for lesion in coronary.lesions] == [12]
+    assert coronary.lesions[0].peak_hu == 250 and coronary.score == pytest.approx(12 * 2)
+    assert agatston(hu, (3.0, 1.0, 1.0), mask=mask, label=2).score == pytest.approx(16 * 4)
+    assert agatston(hu, (3.0, 1.0, 1.0)).score == pytest.approx(28 * 4)  # no mask: one lesion
+
+
 @pytest.mark.parametrize(
     ("score", "category", "cls"),
     [

@@ -142,7 +142,10 @@ def agatston(
     """Agatston score of a (z, y, x) HU array with ``spacing`` = (sz, sy, sx) mm.
 
     ``slice_thickness`` defaults to the slice spacing ``sz``. With ``mask`` (a label map of the
-    same shape) only components that touch ``label`` count.
+    same shape) only components that touch ``label`` count, and voxels that carry another
+    nonzero label are no part of them: a coronary plaque that touches the aortic wall's calcium
+    in a slice is scored without it, as a reader separates the two, while its unlabelled rim
+    above 130 HU still counts.
     """
     from scipy import ndimage
 
@@ -155,6 +158,9 @@ def agatston(
     pixel_area = float(spacing[1]) * float(spacing[2])
 
     candidates = hu >= THRESHOLD_HU
+    if mask is not None:
+        mask = np.asarray(mask)
+        candidates &= (mask == 0) | (mask == label)
     labels, n = ndimage.label(candidates, structure=_IN_PLANE_8)
     if n == 0:
         return AgatstonResult(score=0.0, category=risk_category(0.0), lesions=())
@@ -170,7 +176,7 @@ def agatston(
     slice_of = slice_of[1:]
     keep = counts * pixel_area >= MIN_AREA_MM2
     if mask is not None:
-        hits = np.asarray(mask)[where] == label
+        hits = mask[where] == label
         keep &= np.bincount(ids, weights=hits, minlength=n + 1)[1:] > 0
     kept = np.flatnonzero(keep)
     if kept.size == 0:
