@@ -289,6 +289,40 @@ def test_validation_and_best_use_the_weight_average(cohort, cache, tmp_path, mon
     assert_same_weights(plain["model"], weights(tmp_path / "off"))
 
 
+@pytest.mark.parametrize(("select_from", "chosen"), [(0.0, 0), (0.5, 3)])
+def test_best_is_chosen_in_the_selection_window(
+    cohort, cache, tmp_path, monkeypatch, select_from, chosen
+):
+    scores = iter([0.9, 0.8, 0.6, 0.7])  # validation AUC of epochs 1-4
+    monkeypatch.setattr(loop, "validation_scores", lambda *a: (next(scores), 0.5, 1.0))
+    config = load_config("tiny", epochs=4, select_from=select_from, **TINY)
+    best = load_checkpoint(train(config, cohort, tmp_path / "run", cache_dir=cache, progress=False))
+    assert best["epoch"] == chosen and best["val_auc"] == [0.9, 0.7][chosen > 0]
+    with pytest.raises(AidnetError, match="select_from must be"):
+        load_config("tiny", select_from=1.0)
+
+
+def test_the_selection_window_survives_a_resume(cohort, cache, tmp_path, monkeypatch):
+    scores, seen, killed = [0.9, 0.8, 0.6, 0.7], [], []
+
+    def scripted(*args):
+        if len(seen) == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt  # dies in epoch 3, after epoch 2's checkpoint
+        seen.append(True)
+        return (scores[len(seen) - 1], 0.5, 1.0)
+
+    monkeypatch.setattr(loop, "validation_scores", scripted)
+    config = load_config("tiny", epochs=4, select_from=0.5, **TINY)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, cohort, run, cache_dir=cache, progress=False)
+    assert load_checkpoint(run / "best.pt")["epoch"] == 0  # provisional: before the window
+    train(config, cohort, run, cache_dir=cache, resume=True, progress=False)
+    # epoch 1's 0.9 lay outside the window: epoch 3 replaced it, and epoch 4 beat epoch 3
+    assert load_checkpoint(run / "best.pt")["epoch"] == 3
+
+
 def test_a_resumed_log_from_an_older_version_keeps_its_columns(tmp_path):
     from aidnet.training.logs import TrainLog
 
@@ -327,6 +361,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
         (["--negative-evidence", "0.5"], "--negative-evidence 0.1, not 0.5"),
         (["--ema-decay", "0.9"], "--ema-decay 0.0, not 0.9"),
         (["--grad-clip", "5"], "--grad-clip 0.0, not 5.0"),
+        (["--select-from", "0.5"], "--select-from 0.0, not 0.5"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):

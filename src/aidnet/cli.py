@@ -204,6 +204,11 @@ def train(
         "--grad-clip",
         help="Largest gradient norm per step; larger ones are scaled down to it (0: off).",
     ),
+    select_from: float | None = typer.Option(
+        None,
+        "--select-from",
+        help="Choose best.pt among the epochs after this fraction of them (0: every epoch).",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -232,6 +237,7 @@ def train(
                 "--negative-evidence": ("negative_evidence", negative_evidence),
                 "--ema-decay": ("ema_decay", ema_decay),
                 "--grad-clip": ("grad_clip", grad_clip),
+                "--select-from": ("select_from", select_from),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -246,6 +252,7 @@ def train(
         negative_evidence=negative_evidence,
         ema_decay=ema_decay,
         grad_clip=grad_clip,
+        select_from=select_from,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,

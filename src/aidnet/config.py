@@ -44,6 +44,9 @@ class Config:
     ema_decay: float = 0.0
     # largest global gradient norm per step; a larger one is scaled down to it (0: off)
     grad_clip: float = 0.0
+    # best.pt is chosen among the epochs after this fraction of them (0: every epoch); before the
+    # window it holds the best epoch so far, which the window's first epoch replaces
+    select_from: float = 0.0
     batch_size: int = 2
     epochs: int = 100
     seed: int = 0
@@ -83,6 +86,8 @@ class Config:
             raise AidnetError(f"ema_decay must be >= 0 and < 1, not {self.ema_decay}")
         if not self.grad_clip >= 0:
             raise AidnetError(f"grad_clip must be >= 0 (0: off), not {self.grad_clip}")
+        if not 0 <= self.select_from < 1:
+            raise AidnetError(f"select_from must be >= 0 and < 1, not {self.select_from}")
         if self.evidence_norm not in ("batch", "running"):
             raise AidnetError(f"evidence_norm must be batch or running, not {self.evidence_norm}")
         if self.head not in ("stage", "calcium"):

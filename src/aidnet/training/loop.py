@@ -278,6 +278,13 @@ def train(
         procs.close()
 
 
+def selectable(config: Config, epoch: int) -> bool:
+    """Whether ``best.pt`` may be chosen from epoch ``epoch`` (0-based): one after the first
+    ``select_from`` of the run's epochs. Early epochs of a high learning rate can peak on a
+    small validation split by chance; the later ones are the ones the schedule settles."""
+    return epoch >= 0 and epoch + 1 > config.select_from * config.epochs
+
+
 def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) -> Path:
     from tqdm import tqdm
 
@@ -313,8 +320,9 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     # validation, selection and best.pt use the averaged weights when averaging is on
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
 
-    # best epoch so far: a live calcium map first (NaN = no calcium map: live), then its score
-    start_epoch, start_step, best_auc, best_live = 0, 0, -1.0, False
+    # best epoch so far: one in the selection window first, then a live calcium map (NaN = no
+    # calcium map: live), then its score
+    start_epoch, start_step, best_auc, best_live, best_epoch = 0, 0, -1.0, False, -1
     totals = dict.fromkeys(LOSS_PARTS, 0.0)
     grad_max = 0.0  # the epoch's largest gradient norm so far (log.csv)
     if resume and last.exists():
@@ -327,6 +335,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
         best_auc = float(state["best_auc"])
         best_live = bool(state.get("best_live", True))  # older runs: chosen on score alone
+        best_epoch = int(state.get("best_epoch", config.epochs - 1))  # older runs: no window
         if average is not None:
             if not state.get("average"):
                 raise AidnetError(f"{last}: saved without the weight average this run uses")
@@ -349,6 +358,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                 "grad_norm_max": grad_max,
                 "best_auc": best_auc,
                 "best_live": best_live,
+                "best_epoch": best_epoch,
                 "average": average.state_dict() if average is not None else {},
                 "config": config.to_dict(),
             },
@@ -442,9 +452,13 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             val_auc, val_acc, live = validation_scores(scored, data.items["val"], config, dev)
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
             alive = live != 0.0
-            improved = (alive, score) > (best_live, best_auc)
+            improved = (selectable(config, epoch), alive, score) > (
+                selectable(config, best_epoch),
+                best_live,
+                best_auc,
+            )
             if improved:
-                best_auc, best_live = score, alive
+                best_auc, best_live, best_epoch = score, alive, epoch
                 save_checkpoint(
                     out / "best.pt",
                     {
