@@ -282,7 +282,7 @@ def selectable(config: Config, epoch: int) -> bool:
     """Whether ``best.pt`` may be chosen from epoch ``epoch`` (0-based): one after the first
     ``select_from`` of the run's epochs. Early epochs of a high learning rate can peak on a
     small validation split by chance; the later ones are the ones the schedule settles."""
-    return epoch >= 0 and epoch + 1 > config.select_from * config.epochs
+    return epoch + 1 > config.select_from * config.epochs  # never the start value, -1
 
 
 def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) -> Path:
