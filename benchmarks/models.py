@@ -10,7 +10,9 @@ on this machine's CPU threads:
   pair so that the penalty is computed; for the single-scan baselines, the two scans as a batch
   of two with cross-entropy);
 - inference of one scan (evaluation mode, no gradients);
-- the peak resident memory of the process while doing both (VmHWM, Linux).
+- the peak resident memory of the process while doing both (VmHWM, Linux);
+- AID-Net's training step and inference once more in bfloat16 autocast (``cpu_amp``,
+  ``aidnet evaluate --bf16``), as ratios to its float32 figures.
 
 Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
 way, and AID-Net's training step once more without the negative-evidence penalty (its cost as
@@ -77,7 +79,8 @@ def _step_functions(
     @torch.no_grad()
     def infer_scan() -> None:
         model.eval()
-        model.forward_single(scan[:1])
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
+            model.forward_single(scan[:1])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
@@ -94,10 +97,10 @@ def _median_runs(fn, repeats: int) -> dict:
     return {"median": statistics.median(runs), "runs": runs}
 
 
-def _child(name: str, repeats: int, queue, penalty: bool = True) -> None:
+def _child(name: str, repeats: int, queue, penalty: bool = True, amp: bool = False) -> None:
     import torch
 
-    train_pair, infer_scan, parameters = _step_functions(name, penalty=penalty)
+    train_pair, infer_scan, parameters = _step_functions(name, amp=amp, penalty=penalty)
     Path("/proc/self/clear_refs").write_text("5")  # peak := now (model and inputs built)
     before = _status_mib("VmRSS")
     result = {
@@ -112,10 +115,10 @@ def _child(name: str, repeats: int, queue, penalty: bool = True) -> None:
     queue.put(result)
 
 
-def _in_child(name: str, repeats: int, penalty: bool = True) -> dict:
+def _in_child(name: str, repeats: int, penalty: bool = True, amp: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child, args=(name, repeats, queue, penalty))
+    child = ctx.Process(target=_child, args=(name, repeats, queue, penalty, amp))
     child.start()
     result = queue.get(timeout=3600)
     child.join()
@@ -151,12 +154,15 @@ def bench_models_gpu(repeats: int) -> dict:
 
 def bench_models(repeats: int) -> dict:
     from aidnet.config import load_config
+    from aidnet.training.loop import cpu_has_native_bf16
 
     paper = load_config("paper")
     repeats = max(repeats, 5)
     results = {name: _in_child(name, repeats) for name in MODELS}
     # the same AID-Net step without the negative-evidence penalty: what the penalty costs
     without = _in_child("aidnet", repeats, penalty=False)
+    # and in bfloat16 autocast (`cpu_amp`, `evaluate --bf16`): native where the CPU has it
+    bf16 = _in_child("aidnet", repeats, amp=True)
     reference = results["resnet101"]
     for result in results.values():
         result["train_ratio_to_resnet101"] = (
@@ -177,5 +183,10 @@ def bench_models(repeats: int) -> dict:
         "aidnet_train_pair_s_without_penalty": without["train_pair_s"],
         "aidnet_train_ratio_penalty_to_none": results["aidnet"]["train_pair_s"]["median"]
         / without["train_pair_s"]["median"],
+        "aidnet_cpu_bf16": {**bf16, "cpu_has_native_bf16": cpu_has_native_bf16()},
+        "aidnet_bf16_train_ratio_to_fp32": bf16["train_pair_s"]["median"]
+        / results["aidnet"]["train_pair_s"]["median"],
+        "aidnet_bf16_infer_ratio_to_fp32": bf16["infer_scan_s"]["median"]
+        / results["aidnet"]["infer_scan_s"]["median"],
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }

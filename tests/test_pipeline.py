@@ -74,6 +74,23 @@ def test_resume_gives_the_same_weights(cohort, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_evaluate_in_bfloat16_stays_close_to_float32(run, cohort, tmp_path):
+    fp32 = evaluate_run(run, cohort, tmp_path / "fp32", split="all", n_boot=0, localise=False)
+    bf16 = evaluate_run(
+        run, cohort, tmp_path / "bf16", split="all", n_boot=0, localise=False, bf16=True
+    )
+    assert (fp32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+
+    def p_cac(folder):
+        with (folder / "predictions.csv").open() as fh:
+            return np.array([float(r["p_cac"]) for r in csv.DictReader(fh)])
+
+    a, b = p_cac(tmp_path / "fp32"), p_cac(tmp_path / "bf16")
+    assert len(a) == 24
+    assert not np.array_equal(a, b)  # it did run in bfloat16
+    assert np.abs(a - b).max() < 0.05
+
+
 def test_evaluate_writes_the_design_outputs(run, cohort, tmp_path):
     metrics = evaluate_run(run, cohort, tmp_path, split="all", n_boot=50)
     with (tmp_path / "predictions.csv").open() as fh:

@@ -190,6 +190,34 @@ def test_evidence_norm_running_reaches_the_head(cohort, cache, tmp_path, monkeyp
         load_config("tiny", evidence_norm="group")
 
 
+def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monkeypatch):
+    from aidnet.models.aidnet import AIDNet
+
+    seen: list[tuple[bool, torch.dtype | None]] = []  # (training, autocast dtype) per call
+    real = AIDNet.forward_single
+
+    def spy(self, x):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append((self.training, torch.get_autocast_dtype("cpu") if on else None))
+        out = real(self, x)
+        assert out.logits.dtype == (torch.bfloat16 if on else torch.float32)
+        return out
+
+    monkeypatch.setattr(AIDNet, "forward_single", spy)
+    for cpu_amp in (False, True):
+        config = load_config("tiny", epochs=1, cpu_amp=cpu_amp, **TINY)
+        run = tmp_path / str(cpu_amp)
+        train(config, cohort, run, cache_dir=cache, progress=False)
+        expected = torch.bfloat16 if cpu_amp else None
+        assert {mode for mode, _ in seen} == {True, False}  # training steps and validation
+        assert {dtype for _, dtype in seen} == {expected}
+        seen.clear()
+        assert all(v.isfinite().all() for v in weights(run).values() if v.is_floating_point())
+        row = (run / "log.csv").read_text().splitlines()[1].split(",")
+        assert np.isfinite(float(row[1]))  # the loss
+    assert load_config("tiny").cpu_amp is False and load_config("demo").cpu_amp is False
+
+
 def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
     from aidnet.models import build_model
     from aidnet.training.loop import _model_spec, prepare_data, validation_scores
@@ -362,6 +390,7 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
         (["--ema-decay", "0.9"], "--ema-decay 0.0, not 0.9"),
         (["--grad-clip", "5"], "--grad-clip 0.0, not 5.0"),
         (["--select-from", "0.5"], "--select-from 0.0, not 0.5"),
+        (["--cpu-amp"], "--cpu-amp False, not True"),
     ],
 )
 def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, flag, expected):

@@ -209,6 +209,11 @@ def train(
         "--select-from",
         help="Choose best.pt among the epochs after this fraction of them (0: every epoch).",
     ),
+    cpu_amp: bool | None = typer.Option(
+        None,
+        "--cpu-amp/--no-cpu-amp",
+        help="bfloat16 autocast on CPUs: about 2x faster where the CPU has native bfloat16.",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -238,6 +243,7 @@ def train(
                 "--ema-decay": ("ema_decay", ema_decay),
                 "--grad-clip": ("grad_clip", grad_clip),
                 "--select-from": ("select_from", select_from),
+                "--cpu-amp": ("cpu_amp", cpu_amp),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -253,6 +259,7 @@ def train(
         ema_decay=ema_decay,
         grad_clip=grad_clip,
         select_from=select_from,
+        cpu_amp=cpu_amp,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
@@ -303,11 +310,17 @@ def evaluate(
         "all", "--split", help="all, or test/val/train of the run's saved split."
     ),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
+    bf16: bool = typer.Option(
+        False,
+        "--bf16",
+        help="Run the networks in bfloat16 autocast: about 2x faster where the CPU has native "
+        "bfloat16.",
+    ),
 ) -> None:
     """Predict every labelled scan of a manifest and write predictions and metrics."""
     from aidnet.pipeline import evaluate_run
 
-    metrics = evaluate_run(checkpoint, manifest, out, split=split, cache_dir=cache)
+    metrics = evaluate_run(checkpoint, manifest, out, split=split, cache_dir=cache, bf16=bf16)
     typer.echo(_metrics_line(metrics))
     typer.echo(f"wrote {out / 'predictions.csv'} and {out / 'metrics.json'}")
 

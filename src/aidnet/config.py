@@ -56,6 +56,9 @@ class Config:
     max_shift: int = 2  # voxels of random translation on the network grid
     num_workers: int = 0  # DataLoader worker processes
     amp: bool = True  # mixed precision on GPUs (bfloat16 where supported, else float16)
+    # bfloat16 autocast on CPUs too (training and validation): about twice as fast where the CPU
+    # has native bfloat16 (AVX512-BF16, AMX), slower where it has not
+    cpu_amp: bool = False
     checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
     checkpoint_steps: int = 0  # and/or every this many steps (0: off)
     extra: dict[str, Any] = field(default_factory=dict)

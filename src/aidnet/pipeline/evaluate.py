@@ -27,6 +27,7 @@ def evaluate_run(
     cache_dir: Path | None = None,
     n_boot: int = 1000,
     localise: bool = True,
+    bf16: bool = False,
 ) -> dict:
     """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics.
 
@@ -38,6 +39,9 @@ def evaluate_run(
     maps of every scan whose label map holds coronary calcium are scored (pointing game, mass
     shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
     ``metrics["localisation"][map]`` summaries.
+
+    With ``bf16`` the networks predict under bfloat16 autocast (``metrics["precision"]`` says
+    which); the heat maps are computed in float32 either way.
 
     Several checkpoints (a list) are an ensemble: their class probabilities are averaged (see
     :func:`aidnet.pipeline.common.load_ensemble`). Heat maps belong to one network, so an
@@ -75,9 +79,12 @@ def evaluate_run(
             rows = rows_from_json(logged)
         loc_rows += rows
     cpu = torch.device("cpu")
+    amp = torch.bfloat16 if bf16 else None
     probs = np.mean(
         [
-            predict_items(m.model, items, trained.num_classes, cpu, desc=f"predict {i + 1}")
+            predict_items(
+                m.model, items, trained.num_classes, cpu, desc=f"predict {i + 1}", amp=amp
+            )
             for i, m in enumerate(members)
         ],
         axis=0,
@@ -110,6 +117,7 @@ def evaluate_run(
     metrics["checkpoint"] = paths[0] if len(paths) == 1 else paths
     metrics["model"] = ensemble_name(members)
     metrics["split"] = split
+    metrics["precision"] = "bfloat16" if bf16 else "float32"
     metrics["n_failed"] = len(failures)
     if labelled:
         plot_roc(

@@ -119,10 +119,12 @@ def predict_items(
     device: torch.device,
     desc: str | None = None,
     map_sums: list[float] | None = None,
+    amp: torch.dtype | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, C) of single scans through one path of the model; with ``desc``
     a progress bar of that name on a terminal. With ``map_sums`` a list, each scan's sum of its
-    map before global average pooling is appended to it."""
+    map before global average pooling is appended to it. With ``amp`` a dtype, the network runs
+    under autocast to it (the probabilities are computed in float32)."""
     from tqdm import tqdm
 
     from aidnet.evaluation.metrics import class_probs
@@ -132,7 +134,8 @@ def predict_items(
     out = []
     bar = tqdm(loader, desc=desc, unit="batch", disable=None if desc else True, leave=False)
     for image, _, _ in bar:
-        single = model.forward_single(image.to(device))
+        with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
+            single = model.forward_single(image.to(device))
         out.append(class_probs(single.logits).cpu().numpy())
         if map_sums is not None:
             map_sums.extend(single.features.flatten(1).float().sum(1).cpu().tolist())
@@ -151,7 +154,8 @@ def validation_scores(
     if not items:
         return float("nan"), float("nan"), float("nan")
     sums: list[float] | None = [] if getattr(model, "map_on_calcium", False) else None
-    probs = predict_items(model, items, config.num_classes, device, map_sums=sums)
+    amp = _amp_dtype(device, config)
+    probs = predict_items(model, items, config.num_classes, device, map_sums=sums, amp=amp)
     p_cac = probs[:, 1:].sum(axis=1)
     y = np.array([int((i.record.label or 0) > 0) for i in items])
     metrics = binary_metrics(y, p_cac, n_boot=0)
@@ -191,11 +195,24 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
         raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
 
 
-def _amp_dtype(dev: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 where the GPU has it (no loss scaling needed), else float16; None on CPU."""
-    if dev.type != "cuda" or not enabled:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _amp_dtype(dev: torch.device, config: Config) -> torch.dtype | None:
+    """The autocast dtype, None for float32: on GPUs with ``amp``, bfloat16 where the GPU has it
+    (no loss scaling needed), else float16; on CPUs with ``cpu_amp``, bfloat16."""
+    if dev.type == "cuda" and config.amp:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "cpu" and config.cpu_amp:
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); elsewhere
+    bfloat16 autocast is emulated and slower than float32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def train(
@@ -313,7 +330,13 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
     )
     ce = torch.nn.CrossEntropyLoss()
-    amp_dtype = _amp_dtype(dev, config.amp)
+    amp_dtype = _amp_dtype(dev, config)
+    if procs.main and amp_dtype is not None and dev.type == "cpu" and not cpu_has_native_bf16():
+        print(
+            "warning: cpu_amp is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
+            "training will be slower than in float32",
+            file=sys.stderr,
+        )
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     spec = _model_spec(config)
     last = out / "last.pt"
