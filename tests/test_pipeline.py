@@ -74,12 +74,20 @@ def test_resume_gives_the_same_weights(cohort, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_evaluate_in_bfloat16_stays_close_to_float32(run, cohort, tmp_path):
+def test_evaluate_in_bfloat16_stays_close_to_float32(run, cohort, tmp_path, monkeypatch, capsys):
+    import aidnet.training.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
     fp32 = evaluate_run(run, cohort, tmp_path / "fp32", split="all", n_boot=0, localise=False)
     bf16 = evaluate_run(
         run, cohort, tmp_path / "bf16", split="all", n_boot=0, localise=False, bf16=True
     )
     assert (fp32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    assert "no native bfloat16" not in capsys.readouterr().err
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)  # float32, and it says so
+    kw = {"split": "all", "n_boot": 0, "localise": False, "bf16": True}
+    assert evaluate_run(run, cohort, tmp_path / "none", **kw)["precision"] == "float32"
+    assert "--bf16: this CPU has no native bfloat16" in capsys.readouterr().err
 
     def p_cac(folder):
         with (folder / "predictions.csv").open() as fh:

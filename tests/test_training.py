@@ -190,7 +190,7 @@ def test_evidence_norm_running_reaches_the_head(cohort, cache, tmp_path, monkeyp
         load_config("tiny", evidence_norm="group")
 
 
-def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monkeypatch):
+def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monkeypatch, capsys):
     from aidnet.models.aidnet import AIDNet
 
     seen: list[tuple[bool, torch.dtype | None]] = []  # (training, autocast dtype) per call
@@ -204,11 +204,16 @@ def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monke
         return out
 
     monkeypatch.setattr(AIDNet, "forward_single", spy)
-    for cpu_amp in (False, True):
+    # (cpu_amp, native bfloat16 on the CPU) -> autocast dtype; without it, float32 and a warning
+    cases = [(False, True, None), (True, True, torch.bfloat16), (True, False, None)]
+    for cpu_amp, native, expected in cases:
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
         config = load_config("tiny", epochs=1, cpu_amp=cpu_amp, **TINY)
-        run = tmp_path / str(cpu_amp)
+        run = tmp_path / f"{cpu_amp}-{native}"
+        capsys.readouterr()
         train(config, cohort, run, cache_dir=cache, progress=False)
-        expected = torch.bfloat16 if cpu_amp else None
+        warned = "no native bfloat16" in capsys.readouterr().err
+        assert warned == (cpu_amp and not native)
         assert {mode for mode, _ in seen} == {True, False}  # training steps and validation
         assert {dtype for _, dtype in seen} == {expected}
         seen.clear()

@@ -40,8 +40,8 @@ def evaluate_run(
     shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
     ``metrics["localisation"][map]`` summaries.
 
-    With ``bf16`` the networks predict under bfloat16 autocast (``metrics["precision"]`` says
-    which); the heat maps are computed in float32 either way.
+    With ``bf16`` the networks predict under bfloat16 autocast where the CPU has it natively
+    (``metrics["precision"]`` says which); the heat maps are computed in float32 either way.
 
     Several checkpoints (a list) are an ensemble: their class probabilities are averaged (see
     :func:`aidnet.pipeline.common.load_ensemble`). Heat maps belong to one network, so an
@@ -59,9 +59,10 @@ def evaluate_run(
     from aidnet.explain.localisation import write_localisation_csv
     from aidnet.pipeline.explain import localisation_summary, localise_item
     from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
-    from aidnet.training.loop import predict_items
+    from aidnet.training.loop import cpu_bf16, predict_items
 
     members = load_ensemble(checkpoint)
+    amp = cpu_bf16(bf16, "--bf16")  # float32, with a warning, where the CPU lacks bfloat16
     trained = members[0]
     localise = localise and len(members) == 1
     records = select_ensemble_records(manifest, members, split)
@@ -79,7 +80,6 @@ def evaluate_run(
             rows = rows_from_json(logged)
         loc_rows += rows
     cpu = torch.device("cpu")
-    amp = torch.bfloat16 if bf16 else None
     probs = np.mean(
         [
             predict_items(
@@ -117,7 +117,7 @@ def evaluate_run(
     metrics["checkpoint"] = paths[0] if len(paths) == 1 else paths
     metrics["model"] = ensemble_name(members)
     metrics["split"] = split
-    metrics["precision"] = "bfloat16" if bf16 else "float32"
+    metrics["precision"] = "float32" if amp is None else "bfloat16"
     metrics["n_failed"] = len(failures)
     if labelled:
         plot_roc(

@@ -197,17 +197,34 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
 
 def _amp_dtype(dev: torch.device, config: Config) -> torch.dtype | None:
     """The autocast dtype, None for float32: on GPUs with ``amp``, bfloat16 where the GPU has it
-    (no loss scaling needed), else float16; on CPUs with ``cpu_amp``, bfloat16."""
+    (no loss scaling needed), else float16; on CPUs with ``cpu_amp``, bfloat16 where the CPU
+    has it natively, else float32 (see :func:`cpu_bf16`)."""
     if dev.type == "cuda" and config.amp:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dev.type == "cpu" and config.cpu_amp:
+    if dev.type == "cpu" and config.cpu_amp and cpu_has_native_bf16():
         return torch.bfloat16
     return None
 
 
+def cpu_bf16(wanted: bool, what: str) -> torch.dtype | None:
+    """bfloat16 for CPU autocast when ``wanted`` and the CPU has it natively; when wanted on a
+    CPU without it, one warning line (``what`` names the option) and None (float32)."""
+    if not wanted:
+        return None
+    if cpu_has_native_bf16():
+        return torch.bfloat16
+    print(
+        f"warning: {what}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where it runs "
+        "many times slower than float32; using float32",
+        file=sys.stderr,
+    )
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); elsewhere
-    bfloat16 autocast is emulated and slower than float32."""
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX). Elsewhere it is
+    emulated: with oneDNN held to AVX2 a 3-D convolution ran 6 to 25 times slower than in
+    float32, the more the larger the volume."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
         return bool(check()) if check is not None else False
@@ -330,13 +347,9 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
     )
     ce = torch.nn.CrossEntropyLoss()
+    if dev.type == "cpu" and procs.main:
+        cpu_bf16(config.cpu_amp, "cpu_amp")  # the warning where the CPU lacks it
     amp_dtype = _amp_dtype(dev, config)
-    if procs.main and amp_dtype is not None and dev.type == "cpu" and not cpu_has_native_bf16():
-        print(
-            "warning: cpu_amp is on but this CPU has no native bfloat16 (AVX512-BF16 or AMX): "
-            "training will be slower than in float32",
-            file=sys.stderr,
-        )
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     spec = _model_spec(config)
     last = out / "last.pt"
