@@ -143,18 +143,17 @@ def predict_items(
 
 
 def validation_scores(
-    model, items: list[Item], config: Config, device
+    model, items: list[Item], config: Config, device, amp: torch.dtype | None = None
 ) -> tuple[float, float, float]:
     """Validation AUC, accuracy and, for a model whose map is on calcium (the calcium head),
     the share of CAC-positive scans whose map holds any evidence (NaN for other models or
     without such scans). A share of 0 is a dead map: the decision then rests on the attention
-    features alone and Grad-CAM has nothing to show."""
+    features alone and Grad-CAM has nothing to show. ``amp``: the training's autocast dtype."""
     from aidnet.evaluation.metrics import binary_metrics
 
     if not items:
         return float("nan"), float("nan"), float("nan")
     sums: list[float] | None = [] if getattr(model, "map_on_calcium", False) else None
-    amp = _amp_dtype(device, config)
     probs = predict_items(model, items, config.num_classes, device, map_sums=sums, amp=amp)
     p_cac = probs[:, 1:].sum(axis=1)
     y = np.array([int((i.record.label or 0) > 0) for i in items])
@@ -195,29 +194,30 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
         raise AidnetError(f"{path}: not a resumable checkpoint (use the run's last.pt)")
 
 
-def _amp_dtype(dev: torch.device, config: Config) -> torch.dtype | None:
+def _amp_dtype(dev: torch.device, config: Config, warn: bool = True) -> torch.dtype | None:
     """The autocast dtype, None for float32: on GPUs with ``amp``, bfloat16 where the GPU has it
-    (no loss scaling needed), else float16; on CPUs with ``cpu_amp``, bfloat16 where the CPU
-    has it natively, else float32 (see :func:`cpu_bf16`)."""
-    if dev.type == "cuda" and config.amp:
+    (no loss scaling needed), else float16; on CPUs with ``cpu_amp``, see :func:`cpu_bf16`."""
+    if dev.type == "cuda":
+        if not config.amp:
+            return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dev.type == "cpu" and config.cpu_amp and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
+    return cpu_bf16(config.cpu_amp, "cpu_amp", warn) if dev.type == "cpu" else None
 
 
-def cpu_bf16(wanted: bool, what: str) -> torch.dtype | None:
+def cpu_bf16(wanted: bool, what: str, warn: bool = True) -> torch.dtype | None:
     """bfloat16 for CPU autocast when ``wanted`` and the CPU has it natively; when wanted on a
-    CPU without it, one warning line (``what`` names the option) and None (float32)."""
+    CPU without it, None (float32) and, with ``warn``, one warning line (``what`` names the
+    option)."""
     if not wanted:
         return None
     if cpu_has_native_bf16():
         return torch.bfloat16
-    print(
-        f"warning: {what}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where it runs "
-        "many times slower than float32; using float32",
-        file=sys.stderr,
-    )
+    if warn:
+        print(
+            f"warning: {what}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where it runs "
+            "many times slower than float32; using float32",
+            file=sys.stderr,
+        )
     return None
 
 
@@ -347,9 +347,7 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
     )
     ce = torch.nn.CrossEntropyLoss()
-    if dev.type == "cpu" and procs.main:
-        cpu_bf16(config.cpu_amp, "cpu_amp")  # the warning where the CPU lacks it
-    amp_dtype = _amp_dtype(dev, config)
+    amp_dtype = _amp_dtype(dev, config, warn=procs.main)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     spec = _model_spec(config)
     last = out / "last.pt"
@@ -485,7 +483,9 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
         improved, val_auc, val_acc, live = False, float("nan"), float("nan"), float("nan")
         if procs.main:
             scored = average.module if average is not None else model
-            val_auc, val_acc, live = validation_scores(scored, data.items["val"], config, dev)
+            val_auc, val_acc, live = validation_scores(
+                scored, data.items["val"], config, dev, amp_dtype
+            )
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
             alive = live != 0.0
             improved = (selectable(config, epoch), alive, score) > (
