@@ -75,16 +75,25 @@ def test_resume_gives_the_same_weights(cohort, tmp_path):
 
 
 def test_evaluate_in_bfloat16_stays_close_to_float32(run, cohort, tmp_path, monkeypatch, capsys):
-    import aidnet.training.loop as loop
+    import aidnet.training.precision as precision
 
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    real_error = precision.bf16_error
+    checked = []  # (input depth, with gradients) of each convolution checked
+
+    def error(conv, shape, backward, *rest):
+        checked.append((shape[2], backward))
+        return real_error(conv, shape, backward, *rest)
+
+    monkeypatch.setattr(precision, "bf16_error", error)
     fp32 = evaluate_run(run, cohort, tmp_path / "fp32", split="all", n_boot=0, localise=False)
     bf16 = evaluate_run(
         run, cohort, tmp_path / "bf16", split="all", n_boot=0, localise=False, bf16=True
     )
     assert (fp32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    assert checked and not any(grad for _, grad in checked)  # inference: the forward pass only
     assert "no native bfloat16" not in capsys.readouterr().err
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)  # float32, and it says so
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)  # float32, and it says so
     kw = {"split": "all", "n_boot": 0, "localise": False, "bf16": True}
     assert evaluate_run(run, cohort, tmp_path / "none", **kw)["precision"] == "float32"
     assert "--bf16: this CPU has no native bfloat16" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import aidnet.training.loop as loop
+import aidnet.training.precision as precision
 from aidnet.cli import app
 from aidnet.config import load_config
 from aidnet.errors import AidnetError
@@ -195,8 +196,19 @@ def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monke
 
     seen: list[tuple[bool, torch.dtype | None]] = []  # (training, autocast dtype) per call
     real = AIDNet.forward_single
+    real_inputs = precision.conv_inputs
+    probing: list[bool] = []  # the bfloat16 check's own float32 pass runs
+
+    def inputs(*args):
+        probing.append(True)
+        try:
+            return real_inputs(*args)
+        finally:
+            probing.pop()
 
     def spy(self, x):
+        if probing:
+            return real(self, x)
         on = torch.is_autocast_enabled("cpu")
         seen.append((self.training, torch.get_autocast_dtype("cpu") if on else None))
         out = real(self, x)
@@ -204,16 +216,21 @@ def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monke
         return out
 
     monkeypatch.setattr(AIDNet, "forward_single", spy)
+    monkeypatch.setattr(precision, "conv_inputs", inputs)
+    # as if this CPU got the convolutions of the last stage (4 deep) wrong in bfloat16
+    monkeypatch.setattr(precision, "bf16_error", lambda c, shape, *a: float(shape[2] == 4))
     # (cpu_amp, native bfloat16 on the CPU) -> autocast dtype; without it, float32 and a warning
     cases = [(False, True, None), (True, True, torch.bfloat16), (True, False, None)]
     for cpu_amp, native, expected in cases:
-        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         config = load_config("tiny", epochs=1, cpu_amp=cpu_amp, **TINY)
         run = tmp_path / f"{cpu_amp}-{native}"
         capsys.readouterr()
         train(config, cohort, run, cache_dir=cache, progress=False)
-        warned = "no native bfloat16" in capsys.readouterr().err
-        assert warned == (cpu_amp and not native)
+        err = capsys.readouterr().err
+        assert ("no native bfloat16" in err) == (cpu_amp and not native)
+        # checked before a bfloat16 run: those convolutions then run in float32
+        assert ("5 of 14 3-D convolutions give wrong results" in err) == (expected is not None)
         assert {mode for mode, _ in seen} == {True, False}  # training steps and validation
         assert {dtype for _, dtype in seen} == {expected}
         seen.clear()

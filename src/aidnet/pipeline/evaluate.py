@@ -59,10 +59,13 @@ def evaluate_run(
     from aidnet.explain.localisation import write_localisation_csv
     from aidnet.pipeline.explain import localisation_summary, localise_item
     from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
-    from aidnet.training.loop import cpu_bf16, predict_items
+    from aidnet.training.loop import PREDICT_BATCH, predict_items
+    from aidnet.training.precision import check_bf16, cpu_bf16
 
     members = load_ensemble(checkpoint)
     amp = cpu_bf16(bf16, "--bf16")  # float32, with a warning, where the CPU lacks bfloat16
+    for m in members if amp is not None else []:  # its wrong convolutions in float32
+        check_bf16(m.model, (PREDICT_BATCH, 2, *m.input_size), "--bf16", backward=False)
     trained = members[0]
     localise = localise and len(members) == 1
     records = select_ensemble_records(manifest, members, split)

@@ -26,6 +26,10 @@ from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
 from aidnet.training.logs import LOSS_PARTS
+from aidnet.training.precision import check_bf16, cpu_bf16
+
+#: scans per batch when predicting (validation, evaluation)
+PREDICT_BATCH = 4
 
 
 @dataclass
@@ -130,7 +134,9 @@ def predict_items(
     from aidnet.evaluation.metrics import class_probs
 
     model.eval()
-    loader = DataLoader(ScanDataset(items, num_classes, with_target=False), batch_size=4)
+    loader = DataLoader(
+        ScanDataset(items, num_classes, with_target=False), batch_size=PREDICT_BATCH
+    )
     out = []
     bar = tqdm(loader, desc=desc, unit="batch", disable=None if desc else True, leave=False)
     for image, _, _ in bar:
@@ -202,34 +208,6 @@ def _amp_dtype(dev: torch.device, config: Config, warn: bool = True) -> torch.dt
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return cpu_bf16(config.cpu_amp, "cpu_amp", warn) if dev.type == "cpu" else None
-
-
-def cpu_bf16(wanted: bool, what: str, warn: bool = True) -> torch.dtype | None:
-    """bfloat16 for CPU autocast when ``wanted`` and the CPU has it natively; when wanted on a
-    CPU without it, None (float32) and, with ``warn``, one warning line (``what`` names the
-    option)."""
-    if not wanted:
-        return None
-    if cpu_has_native_bf16():
-        return torch.bfloat16
-    if warn:
-        print(
-            f"warning: {what}: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where it runs "
-            "many times slower than float32; using float32",
-            file=sys.stderr,
-        )
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX). Elsewhere it is
-    emulated: with oneDNN held to AVX2 a 3-D convolution ran 6 to 25 times slower than in
-    float32, the more the larger the volume."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
 
 
 def train(
@@ -348,6 +326,9 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
     )
     ce = torch.nn.CrossEntropyLoss()
     amp_dtype = _amp_dtype(dev, config, warn=procs.main)
+    if amp_dtype == torch.bfloat16 and dev.type == "cpu":  # its wrong convolutions in float32
+        batch = (scans_per_pair * config.batch_size, 2, *config.input_size)
+        check_bf16(model, batch, "cpu_amp", warn=procs.main)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     spec = _model_spec(config)
     last = out / "last.pt"
@@ -454,7 +435,8 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                     parts = {"ce": float(loss.detach())}
             if not bool(torch.isfinite(loss.detach())):
                 raise AidnetError(
-                    f"{out}: training diverged (loss is {float(loss)}) at epoch {epoch + 1}"
+                    f"{out}: training diverged (loss is {float(loss.detach())}) at epoch "
+                    f"{epoch + 1}"
                 )
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # true gradients for the norm (a no-op without scaling)
