@@ -12,7 +12,10 @@ on this machine's CPU threads:
 - inference of one scan (evaluation mode, no gradients);
 - the peak resident memory of the process while doing both (VmHWM, Linux);
 - AID-Net's training step and inference once more in bfloat16 autocast (``cpu_amp``,
-  ``aidnet evaluate --bf16``), as ratios to its float32 figures.
+  ``aidnet evaluate --bf16``), as ratios to its float32 figures;
+- every child keeps freed memory as the ``aidnet`` command does (``aidnet.allocator``), and
+  AID-Net runs once more in both precisions with glibc's malloc as it comes: the ratios are
+  what that saves.
 
 Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
 way, and AID-Net's training step once more without the negative-evidence penalty (its cost as
@@ -97,13 +100,20 @@ def _median_runs(fn, repeats: int) -> dict:
     return {"median": statistics.median(runs), "runs": runs}
 
 
-def _child(name: str, repeats: int, queue, penalty: bool = True, amp: bool = False) -> None:
+def _child(
+    name: str, repeats: int, queue, penalty: bool = True, amp: bool = False, keep: bool = True
+) -> None:
     import torch
+
+    from aidnet.allocator import keep_freed_memory
+
+    # as the `aidnet` command does at start; keep=False: glibc's malloc as it comes
+    result: dict = {"kept_freed_memory": keep_freed_memory() if keep else False}
 
     train_pair, infer_scan, parameters = _step_functions(name, amp=amp, penalty=penalty)
     Path("/proc/self/clear_refs").write_text("5")  # peak := now (model and inputs built)
     before = _status_mib("VmRSS")
-    result = {
+    result |= {
         "parameters": parameters,
         "threads": torch.get_num_threads(),
         "train_pair_s": _median_runs(train_pair, repeats),
@@ -115,10 +125,12 @@ def _child(name: str, repeats: int, queue, penalty: bool = True, amp: bool = Fal
     queue.put(result)
 
 
-def _in_child(name: str, repeats: int, penalty: bool = True, amp: bool = False) -> dict:
+def _in_child(
+    name: str, repeats: int, penalty: bool = True, amp: bool = False, keep: bool = True
+) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child, args=(name, repeats, queue, penalty, amp))
+    child = ctx.Process(target=_child, args=(name, repeats, queue, penalty, amp, keep))
     child.start()
     result = queue.get(timeout=3600)
     child.join()
@@ -154,7 +166,7 @@ def bench_models_gpu(repeats: int) -> dict:
 
 def bench_models(repeats: int) -> dict:
     from aidnet.config import load_config
-    from aidnet.training.loop import cpu_has_native_bf16
+    from aidnet.training.precision import cpu_has_native_bf16
 
     paper = load_config("paper")
     repeats = max(repeats, 5)
@@ -163,6 +175,9 @@ def bench_models(repeats: int) -> dict:
     without = _in_child("aidnet", repeats, penalty=False)
     # and in bfloat16 autocast (`cpu_amp`, `evaluate --bf16`): native where the CPU has it
     bf16 = _in_child("aidnet", repeats, amp=True)
+    # and with glibc's malloc as it comes (each large buffer page-faulted anew every step)
+    system = _in_child("aidnet", repeats, keep=False)
+    system_bf16 = _in_child("aidnet", repeats, amp=True, keep=False)
     reference = results["resnet101"]
     for result in results.values():
         result["train_ratio_to_resnet101"] = (
@@ -188,5 +203,13 @@ def bench_models(repeats: int) -> dict:
         / results["aidnet"]["train_pair_s"]["median"],
         "aidnet_bf16_infer_ratio_to_fp32": bf16["infer_scan_s"]["median"]
         / results["aidnet"]["infer_scan_s"]["median"],
+        "aidnet_system_malloc": system,
+        "aidnet_system_malloc_bf16": system_bf16,
+        "aidnet_train_ratio_kept_to_system_malloc": results["aidnet"]["train_pair_s"]["median"]
+        / system["train_pair_s"]["median"],
+        "aidnet_bf16_train_ratio_kept_to_system_malloc": bf16["train_pair_s"]["median"]
+        / system_bf16["train_pair_s"]["median"],
+        "aidnet_infer_ratio_kept_to_system_malloc": results["aidnet"]["infer_scan_s"]["median"]
+        / system["infer_scan_s"]["median"],
         "targets": {"aidnet_infer_scan_s": 1.0, "aidnet_train_pair_s": 4.0},
     }

@@ -447,6 +447,9 @@ def _metrics_line(metrics: dict) -> str:
 
 
 def main() -> None:
+    from aidnet.allocator import keep_freed_memory
+
+    keep_freed_memory()  # no page faults for every large buffer of every step (allocator.py)
     app()
 
 

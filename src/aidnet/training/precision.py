@@ -134,8 +134,8 @@ def guard_bf16_convs(
     Each convolution with an input axis of at most :data:`SMALL_AXIS` voxels (times its stride)
     is checked alone (:func:`bf16_error`) at the input it sees for a batch of ``input_shape``;
     one off by more than :data:`TOLERANCE` then runs in float32 even under autocast (its
-    neighbours stay in bfloat16). ``backward=False`` checks the forward pass only (inference). Returns the names
-    of the convolutions so guarded."""
+    neighbours stay in bfloat16). ``backward=False`` checks the forward pass only (inference).
+    Returns the names of the convolutions so guarded."""
     modules = dict(model.named_modules())
     verdicts: dict[tuple, bool] = {}  # same convolution and input: same kernel, same verdict
     guarded = []
