@@ -17,9 +17,9 @@ on this machine's CPU threads:
   AID-Net runs once more in both precisions with glibc's malloc as it comes: the ratios are
   what that saves.
 
-Medians over ``repeats`` runs after one warm-up; ratios against ResNet-101 measured the same
-way, and AID-Net's training step once more without the negative-evidence penalty (its cost as
-a ratio). ``bench_models_gpu``: training pairs per second on a CUDA device, fp32 and bf16.
+Medians over ``repeats`` runs after three warm-up runs; ratios against ResNet-101 measured the
+same way, and AID-Net's training step once more without the negative-evidence penalty (its cost
+as a ratio). ``bench_models_gpu``: training pairs per second on a CUDA device, fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def _step_functions(
     return train_pair, infer_scan, sum(p.numel() for p in model.parameters())
 
 
-def _median_runs(fn, repeats: int) -> dict:
-    fn()  # warm-up
+def _median_runs(fn, repeats: int, warmup: int = 3) -> dict:
+    # warm-up: with freed memory kept (aidnet.allocator) the heap settles over the first steps
+    for _ in range(warmup):
+        fn()
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
