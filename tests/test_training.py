@@ -339,15 +339,23 @@ def test_validation_and_best_use_the_weight_average(cohort, cache, tmp_path, mon
     assert_same_weights(plain["model"], weights(tmp_path / "off"))
 
 
-@pytest.mark.parametrize(("select_from", "chosen"), [(0.0, 0), (0.5, 3)])
+# the validation AUC of epochs 1-4; 0.9 + 1e-16 (0.9000000000000001) ties with 0.9 as AUCs
+# equal as rank statistics can when summed in another order
+WINDOW = [0.9, 0.8, 0.6, 0.7]
+TIED = [0.6, 0.9, 0.9 + 1e-16, 0.8]
+
+
+@pytest.mark.parametrize(
+    ("scores", "select_from", "chosen"), [(WINDOW, 0.0, 0), (WINDOW, 0.5, 3), (TIED, 0.0, 1)]
+)
 def test_best_is_chosen_in_the_selection_window(
-    cohort, cache, tmp_path, monkeypatch, select_from, chosen
+    cohort, cache, tmp_path, monkeypatch, scores, select_from, chosen
 ):
-    scores = iter([0.9, 0.8, 0.6, 0.7])  # validation AUC of epochs 1-4
-    monkeypatch.setattr(loop, "validation_scores", lambda *a: (next(scores), 0.5, 1.0))
+    given = iter(scores)
+    monkeypatch.setattr(loop, "validation_scores", lambda *a: (next(given), 0.5, 1.0))
     config = load_config("tiny", epochs=4, select_from=select_from, **TINY)
     best = load_checkpoint(train(config, cohort, tmp_path / "run", cache_dir=cache, progress=False))
-    assert best["epoch"] == chosen and best["val_auc"] == [0.9, 0.7][chosen > 0]
+    assert best["epoch"] == chosen and best["val_auc"] == scores[chosen]
     with pytest.raises(AidnetError, match="select_from must be"):
         load_config("tiny", select_from=1.0)
 

@@ -470,10 +470,12 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             )
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
             alive = live != 0.0
-            improved = (selectable(config, epoch), alive, score) > (
+            # AUCs equal as rank statistics can differ in the last bits of their floating-point
+            # sums: such a tie keeps the earlier epoch on every machine
+            improved = (selectable(config, epoch), alive, round(score, 9)) > (
                 selectable(config, best_epoch),
                 best_live,
-                best_auc,
+                round(best_auc, 9),
             )
             if improved:
                 best_auc, best_live, best_epoch = score, alive, epoch
