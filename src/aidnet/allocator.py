@@ -4,10 +4,11 @@ glibc's malloc gives each allocation above 32 MiB its own fresh pages from the s
 returns them when it is freed. A 3-D network's activations are such allocations (at the
 paper's input size one feature map of the first stage is 150 MiB), so every training step
 and every scan page-faults its whole working set again: an AID-Net training pair at the
-paper's size on one core spent half its time there (5.1 million minor faults in 5 steps;
-20.6 s per pair, 10.0 s with the memory kept). ``aidnet`` therefore asks glibc, at start, to
-serve every allocation from its heap and never to trim it. The cost: the process keeps its
-peak memory until it exits (2.4 → 2.8-3.5 GiB peak in that measurement).
+paper's size on one shared core spent about half its time there (5.1-5.3 million minor faults
+per process against 0.7-0.9 million; 16.3-20.6 s per pair against 9.4-10.1 s with the memory
+kept). ``aidnet`` therefore asks glibc, at start, to serve every allocation from its heap and
+never to trim it. The cost: the process keeps its peak memory until it exits (2.2 → 2.7-3.4 GiB
+peak in that measurement).
 
 ``AIDNET_MALLOC=system`` leaves glibc as it is (a preloaded jemalloc or tcmalloc is not
 affected either way).
@@ -36,7 +37,8 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        if not libc.gnu_get_libc_version():  # glibc only (musl has no mallopt tuning)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p  # glibc only (not musl)
+        if not libc.gnu_get_libc_version():
             return False
     except (OSError, AttributeError):
         return False
