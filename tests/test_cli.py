@@ -391,3 +391,22 @@ def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
     done = list(cache.iterdir())
     assert all(p.suffix == ".npz" and not p.name.startswith(".") for p in done)
     assert 1 <= len(done) < 48
+
+
+def test_evaluate_no_localise_is_passed_on(monkeypatch, tmp_path):
+    """`--no-localise` reaches evaluate_run as localise=False; without it localisation stays on."""
+    import aidnet.pipeline as pipeline
+
+    seen = []
+
+    def fake_evaluate_run(checkpoint, manifest, out, **kwargs):
+        seen.append(kwargs["localise"])
+        return {"auc": 0.9, "auc_ci95": [0.8, 1.0], "accuracy": 0.8, "n": 4}
+
+    monkeypatch.setattr(pipeline, "evaluate_run", fake_evaluate_run)
+    args = ["evaluate", "--checkpoint", tmp_path / "run", "--manifest", tmp_path / "m.csv"]
+    assert run(*args, "--out", tmp_path / "a").exit_code == 0
+    result = run(*args, "--out", tmp_path / "b", "--no-localise")
+    assert result.exit_code == 0, result.output
+    assert "test AUC 0.900" in result.output
+    assert seen == [True, False]

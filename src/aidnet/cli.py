@@ -316,11 +316,25 @@ def evaluate(
         help="Run the networks in bfloat16 autocast: about 2x faster where the CPU has native "
         "bfloat16.",
     ),
+    no_localise: bool = typer.Option(
+        False,
+        "--no-localise",
+        help="Skip scoring the heat maps against the manifest's label maps (no localisation.csv); "
+        "for a large model that step takes far longer than the predictions.",
+    ),
 ) -> None:
     """Predict every labelled scan of a manifest and write predictions and metrics."""
     from aidnet.pipeline import evaluate_run
 
-    metrics = evaluate_run(checkpoint, manifest, out, split=split, cache_dir=cache, bf16=bf16)
+    metrics = evaluate_run(
+        checkpoint,
+        manifest,
+        out,
+        split=split,
+        cache_dir=cache,
+        bf16=bf16,
+        localise=not no_localise,
+    )
     typer.echo(_metrics_line(metrics))
     typer.echo(f"wrote {out / 'predictions.csv'} and {out / 'metrics.json'}")
 
