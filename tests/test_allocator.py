@@ -15,7 +15,7 @@ from aidnet import allocator
 # allocations settle within a few rounds (how many varies from run to run); with glibc's default
 # every round page-faults all 16 Ki pages again
 SCRIPT = """
-import resource, sys, torch
+import resource, torch
 from aidnet.allocator import keep_freed_memory
 print(keep_freed_memory())
 def touch():
