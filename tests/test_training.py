@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -571,14 +572,29 @@ def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
     run = tmp_path / "run"
     train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
     data = (run / "best.pt").read_bytes()
+    state_before = load_checkpoint(run / "best.pt")["model"]
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pt")  # a pickled network, not weights
+    # bytes changed inside one tensor's data: PyTorch itself loads this with wrong weights
+    damaged = bytearray(data)
+    with zipfile.ZipFile(run / "best.pt") as archive:
+        for member in archive.infolist():
+            if "/data/" in member.filename:  # each tensor's storage: invert its first bytes
+                start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+                end = start + min(64, member.file_size)
+                damaged[start:end] = bytes(255 - b for b in damaged[start:end])
+    (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
+    changed = torch.load(tmp_path / "damaged.pt", weights_only=True)["model"]
+    assert any(not torch.equal(v, state_before[k]) for k, v in changed.items())
     state = load_checkpoint(run / "best.pt")
     state["model_spec"] = {**state["model_spec"], "name": "idnet"}
     save_checkpoint(tmp_path / "mismatch.pt", state)
     cases = {
-        "cut.pt": "not a readable aidnet checkpoint",
+        "cut.pt": "bytes that are not a whole PyTorch file",
         "other.pt": "not an aidnet checkpoint",
+        "module.pt": "torch.nn.modules.linear.Linear), not only tensors",
+        "damaged.pt": "damaged checkpoint",
         "mismatch.pt": "weights do not fit model idnet",
         "missing.pt": "checkpoint not found",
     }

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +31,50 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by aidnet; any other file is one clear error."""
     if not path.is_file():
         raise AidnetError(f"{path}: checkpoint not found")
+    if _fails_checksum(path):
+        raise AidnetError(
+            f"{path}: damaged checkpoint (its data do not match the checksums written with "
+            "them: the file changed after it was saved)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AidnetError(f"{path}: not a readable aidnet checkpoint ({reason[:200]})") from None
+        reason = _unreadable(path, exc)
+        raise AidnetError(f"{path}: not a readable aidnet checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise AidnetError(f"{path}: not an aidnet checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+def _fails_checksum(path: Path) -> bool:
+    """Whether a zip-format file has a member whose CRC-32 no longer matches its data.
+
+    PyTorch writes a CRC-32 for every member but does not check it when loading, so a
+    checkpoint damaged on disk would load with wrong weights. Reading it all once more costs
+    about 2 s per GiB (2 shared CPU cores); other files are left to torch.load's checks."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
+        return True
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load refused ``path``, in words rather than PyTorch's message."""
+    if not zipfile.is_zipfile(path):  # aidnet writes PyTorch's zip format only
+        size = path.stat().st_size
+        return f"{size} bytes that are not a whole PyTorch file: cut short, or another format"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) or found:
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects{what}, not only tensors and plain values as aidnet's do; "
+            "it was not saved by aidnet"
+        )
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"a damaged PyTorch file: {first[:160]}"
 
 
 def resolve_checkpoint(run_or_file: Path, which: str = "best") -> Path:
