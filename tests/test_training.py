@@ -572,7 +572,7 @@ def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
     run = tmp_path / "run"
     train(load_config("tiny", epochs=1, **TINY), cohort, run, cache_dir=cache, progress=False)
     data = (run / "best.pt").read_bytes()
-    state_before = load_checkpoint(run / "best.pt")["model"]
+    state = load_checkpoint(run / "best.pt")
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
     torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pt")  # a pickled network, not weights
@@ -586,8 +586,7 @@ def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
                 damaged[start:end] = bytes(255 - b for b in damaged[start:end])
     (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
     changed = torch.load(tmp_path / "damaged.pt", weights_only=True)["model"]
-    assert any(not torch.equal(v, state_before[k]) for k, v in changed.items())
-    state = load_checkpoint(run / "best.pt")
+    assert any(not torch.equal(v, state["model"][k]) for k, v in changed.items())
     state["model_spec"] = {**state["model_spec"], "name": "idnet"}
     save_checkpoint(tmp_path / "mismatch.pt", state)
     cases = {

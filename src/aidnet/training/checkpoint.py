@@ -31,7 +31,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by aidnet; any other file is one clear error."""
     if not path.is_file():
         raise AidnetError(f"{path}: checkpoint not found")
-    if _fails_checksum(path):
+    is_zip = zipfile.is_zipfile(path)  # aidnet writes PyTorch's zip format only
+    if is_zip and _fails_checksum(path):
         raise AidnetError(
             f"{path}: damaged checkpoint (its data do not match the checksums written with "
             "them: the file changed after it was saved)"
@@ -39,7 +40,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = _unreadable(path, exc)
+        reason = _unreadable(path, exc, is_zip)
         raise AidnetError(f"{path}: not a readable aidnet checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise AidnetError(f"{path}: not an aidnet checkpoint (no '{FORMAT}' marker)")
@@ -47,13 +48,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _fails_checksum(path: Path) -> bool:
-    """Whether a zip-format file has a member whose CRC-32 no longer matches its data.
+    """Whether a member of the zip-format file ``path`` no longer matches its CRC-32.
 
     PyTorch writes a CRC-32 for every member but does not check it when loading, so a
     checkpoint damaged on disk would load with wrong weights. Reading it all once more costs
-    about 2 s per GiB (2 shared CPU cores); other files are left to torch.load's checks."""
-    if not zipfile.is_zipfile(path):
-        return False
+    about 2 s per GiB (2 shared CPU cores)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is not None
@@ -61,9 +60,9 @@ def _fails_checksum(path: Path) -> bool:
         return True
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
+def _unreadable(path: Path, exc: Exception, is_zip: bool) -> str:
     """Why torch.load refused ``path``, in words rather than PyTorch's message."""
-    if not zipfile.is_zipfile(path):  # aidnet writes PyTorch's zip format only
+    if not is_zip:
         size = path.stat().st_size
         return f"{size} bytes that are not a whole PyTorch file: cut short, or another format"
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
