@@ -194,3 +194,46 @@ def test_non_coronary_calcium_does_not_depend_on_the_class():
         assert len(a) == len(b)
         for (ca, *_), (cb, *_) in zip(a, b, strict=True):
             np.testing.assert_array_equal(ca, cb)
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cohort_in_worker_processes_equals_the_serial_one(tmp_path):
+    serial = make_cohort(tmp_path / "s", subjects=3, seed=5, size="small", dicom_fraction=0.34)
+    parallel = make_cohort(
+        tmp_path / "p", subjects=3, seed=5, size="small", dicom_fraction=0.34, workers=2
+    )
+    assert parallel.read_text() == serial.read_text()
+    ours, theirs = _files(serial.parent), _files(parallel.parent)
+    assert sorted(ours) == sorted(theirs)
+    assert sum(name.startswith("dicom/") for name in ours) > 0
+    for name, path in ours.items():
+        if name.endswith(".nii.gz"):
+            a, b = read_nifti(path), read_nifti(theirs[name])
+            np.testing.assert_array_equal(a.array, b.array)
+            np.testing.assert_array_equal(a.affine, b.affine)
+        else:
+            assert path.read_bytes() == theirs[name].read_bytes(), name
+
+
+def test_cohort_workers_must_be_positive(tmp_path):
+    from aidnet.errors import AidnetError
+
+    with pytest.raises(AidnetError, match="workers"):
+        make_cohort(tmp_path / "c", subjects=1, seed=0, workers=0)
+
+
+def test_phantom_command_workers(tmp_path):
+    from typer.testing import CliRunner
+
+    from aidnet.cli import app
+
+    args = ["phantom", "--out", str(tmp_path / "p"), "--subjects", "2", "--seed", "1"]
+    result = CliRunner().invoke(app, [*args, "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    serial = make_cohort(tmp_path / "s", subjects=2, seed=1)
+    assert (tmp_path / "p" / "manifest.csv").read_text() == serial.read_text()
+    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code != 0 and "--workers" in result.output

@@ -90,6 +90,9 @@ def phantom(
     dicom_fraction: float = typer.Option(
         0.0, "--dicom-fraction", min=0.0, max=1.0, help="Share of scans also written as DICOM."
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Parallel processes (the cohort is the same for any number)."
+    ),
 ) -> None:
     """Write a synthetic non-contrast chest-CT cohort with exact Agatston truth."""
     from aidnet.phantom import make_cohort
@@ -98,7 +101,13 @@ def phantom(
     if size not in SIZES:
         raise AidnetError(f"--size must be one of {', '.join(SIZES)}, not '{size}'")
     manifest = make_cohort(
-        out, subjects=subjects, seed=seed, size=size, dicom_fraction=dicom_fraction, progress=True
+        out,
+        subjects=subjects,
+        seed=seed,
+        size=size,
+        dicom_fraction=dicom_fraction,
+        progress=True,
+        workers=workers,
     )
     typer.echo(f"wrote {manifest}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,59 @@ def _target_class(seed: int, index: int, mix: np.ndarray) -> int:
     return min(int(np.searchsorted(np.cumsum(mix), u, side="right")), 2)
 
 
+@dataclass(frozen=True)
+class _SubjectJob:
+    """One subject of a cohort to render and write (picklable: it crosses to a worker)."""
+
+    out: Path
+    index: int
+    seed: int
+    size: str
+    target_class: int
+    dicom_visits: tuple[int, ...]  # which of VISITS are also written as a DICOM series
+
+
+def _write_subject(job: _SubjectJob) -> tuple[int, list[dict]]:
+    """Render and write one subject's scans; its manifest rows, with its index for ordering."""
+    from aidnet.io.dicom import write_dicom_series
+    from aidnet.io.nifti import write_nifti
+
+    out, index = job.out, job.index
+    sid = f"P{index + 1:04d}"
+    sseed = subject_seed(job.seed, index)
+    rows = []
+    for v, (volume, labels, info) in enumerate(render_pair(sseed, job.size, job.target_class)):
+        key = f"{sid}_{info['visit']}"
+        image = write_nifti(volume.array, volume.affine, out / "images" / f"{key}.nii.gz")
+        label = write_nifti(labels, volume.affine, out / "labels" / f"{key}_label.nii.gz")
+        path = image
+        if v in job.dicom_visits:
+            path = write_dicom_series(
+                volume,
+                out / "dicom" / key,
+                patient_name=f"PHANTOM^{index + 1:04d}",
+                patient_id=f"PH{index + 1:04d}",
+                seed=sseed + v,
+            )
+        rows.append(
+            {
+                "subject": sid,
+                "visit": info["visit"],
+                "path": path.relative_to(out).as_posix(),
+                "agatston": f"{info['agatston']:.2f}",
+                "category": info["category"],
+                "thickness_mm": f"{info['thickness_mm']:g}",
+                "pixel_mm": f"{info['pixel_mm']:g}",
+                "label_path": label.relative_to(out).as_posix(),
+            }
+        )
+    return index, rows
+
+
+def _lost(job: _SubjectJob, exc: BaseException) -> tuple[int, list[dict]]:
+    raise AidnetError(f"phantom subject P{job.index + 1:04d} failed in a worker: {exc}") from exc
+
+
 def make_cohort(
     out: Path,
     subjects: int,
@@ -132,18 +187,23 @@ def make_cohort(
     dicom_fraction: float = 0.0,
     class_mix: tuple[float, float, float] = (0.47, 0.37, 0.16),
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic cohort to ``out`` and return the path of its ``manifest.csv``.
 
     ``out/images/<subject>_<visit>.nii.gz`` (int16 HU), ``out/labels/<key>_label.nii.gz``
     (uint8), and for a share ``dicom_fraction`` of the scans also ``out/dicom/<subject>_<visit>/``
     (the manifest then points there). Deterministic for a seed.
+
+    ``workers`` > 1 renders subjects in that many single-threaded processes; every subject has
+    its own seed, so the files and the manifest are the same as with ``workers`` = 1.
     """
-    from aidnet.io.dicom import write_dicom_series
-    from aidnet.io.nifti import write_nifti
+    from aidnet.data.pool import run_unordered
 
     if subjects < 1:
         raise AidnetError(f"a cohort needs at least 1 subject, not {subjects}")
+    if workers < 1:
+        raise AidnetError(f"workers must be at least 1, not {workers}")
     if not 0.0 <= dicom_fraction <= 1.0:
         raise AidnetError(f"dicom_fraction must lie in [0, 1], not {dicom_fraction}")
     mix = np.asarray(class_mix, dtype=np.float64)
@@ -157,43 +217,26 @@ def make_cohort(
     n_scans = subjects * len(VISITS)
     n_dicom = int(round(dicom_fraction * n_scans))
     as_dicom = set(np.random.default_rng([seed, 2**31]).permutation(n_scans)[:n_dicom].tolist())
-
-    indices = range(subjects)
+    jobs = [
+        _SubjectJob(
+            out=out,
+            index=index,
+            seed=seed,
+            size=size,
+            target_class=_target_class(seed, index, mix),
+            dicom_visits=tuple(v for v in range(len(VISITS)) if 2 * index + v in as_dicom),
+        )
+        for index in range(subjects)
+    ]
+    results: Iterable[tuple[int, list[dict]]] = run_unordered(
+        _write_subject, jobs, workers, lost=_lost
+    )
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="phantom", unit="subject")
-    rows = []
-    for index in indices:
-        sid = f"P{index + 1:04d}"
-        sseed = subject_seed(seed, index)
-        for v, (volume, labels, info) in enumerate(
-            render_pair(sseed, size, _target_class(seed, index, mix))
-        ):
-            key = f"{sid}_{info['visit']}"
-            image = write_nifti(volume.array, volume.affine, out / "images" / f"{key}.nii.gz")
-            label = write_nifti(labels, volume.affine, out / "labels" / f"{key}_label.nii.gz")
-            path = image
-            if 2 * index + v in as_dicom:
-                path = write_dicom_series(
-                    volume,
-                    out / "dicom" / key,
-                    patient_name=f"PHANTOM^{index + 1:04d}",
-                    patient_id=f"PH{index + 1:04d}",
-                    seed=sseed + v,
-                )
-            rows.append(
-                {
-                    "subject": sid,
-                    "visit": info["visit"],
-                    "path": path.relative_to(out).as_posix(),
-                    "agatston": f"{info['agatston']:.2f}",
-                    "category": info["category"],
-                    "thickness_mm": f"{info['thickness_mm']:g}",
-                    "pixel_mm": f"{info['pixel_mm']:g}",
-                    "label_path": label.relative_to(out).as_posix(),
-                }
-            )
+        results = tqdm(results, total=subjects, desc="phantom", unit="subject")
+    by_index = dict(results)
+    rows = [row for index in range(subjects) for row in by_index[index]]
     manifest = out / "manifest.csv"
     with (
         atomic_path(manifest, suffix=".csv") as tmp,
