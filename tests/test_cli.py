@@ -410,3 +410,57 @@ def test_evaluate_no_localise_is_passed_on(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert "test AUC 0.900" in result.output
     assert seen == [True, False]
+
+
+INFERENCE = ("evaluate", "explain", "predict", "experiment")
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+def test_inference_commands_take_device_and_workers(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "--device" in result.output and "--workers" in result.output
+
+
+def inference_args(command, tmp_path):
+    """Arguments of ``command`` naming files that do not exist: the device is checked first."""
+    out = ["--out", tmp_path / "out"]
+    if command == "predict":
+        return ["predict", "--checkpoint", tmp_path / "run", tmp_path / "scan.nii.gz", *out]
+    if command == "experiment":
+        return ["experiment", "--manifest", tmp_path / "m.csv", *out]
+    return [command, "--checkpoint", tmp_path / "run", "--manifest", tmp_path / "m.csv", *out]
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+@pytest.mark.parametrize(
+    "device, fragment",
+    [("banana", "not a device; use cpu, cuda or cuda:N"), ("meta", "meta is not supported")],
+)
+def test_bad_device_is_one_line(command, device, fragment, tmp_path):
+    result = run(*inference_args(command, tmp_path), "--device", device)
+    one_line_error(result, f"--device '{device}'", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", INFERENCE)
+def test_cuda_without_a_gpu_is_one_line(command, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        result = run(*inference_args(command, tmp_path), "--device", "cuda:99")
+        one_line_error(result, "--device 'cuda:99'", "CUDA device(s)")
+        return
+    result = run(*inference_args(command, tmp_path), "--device", "cuda")
+    one_line_error(result, "--device 'cuda'", "use --device cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_device_is_the_one_train_picks():
+    import torch
+
+    from aidnet.pipeline.device import default_device, resolve_device
+    from aidnet.training.distributed import start_processes
+
+    assert default_device() == start_processes(None)[1] == resolve_device(None)
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -305,3 +305,142 @@ def test_no_patient_name_or_id_leaks_into_outputs(run, cohort, tmp_path):
         if path.name.endswith(".gz"):
             data = gzip.decompress(data)
         assert b"PHANTOM^" not in data and b"PH00" not in data, path
+
+
+def cache_state(folder):
+    """Name → modification time of the finished cache files in ``folder``."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz") if p.name[0] != "."}
+
+
+@pytest.fixture
+def no_preprocessing(monkeypatch):
+    """Any scan preprocessed (rather than found in the cache) fails the test."""
+    import aidnet.data.job as job_module
+
+    def refuse(job):
+        raise AssertionError(f"{job.record.key} was preprocessed again")
+
+    monkeypatch.setattr(job_module, "run_job", refuse)
+
+
+def predictions(folder):
+    with (folder / "predictions.csv").open() as fh:
+        return {(r["subject"], r["visit"]): r for r in csv.DictReader(fh)}
+
+
+def test_evaluate_of_a_run_reuses_its_training_cache(run, cohort, tmp_path, no_preprocessing):
+    """Given the run folder, or a checkpoint inside it, evaluate and explain read the scans the
+    training preprocessed: no scan is preprocessed again and no cache file is written."""
+    before = cache_state(run / "cache")
+    assert len(before) == 24
+    metrics = evaluate_run(run, cohort, tmp_path / "a", split="test", n_boot=0, localise=False)
+    assert metrics["n"] > 0 and metrics["device"] == "cpu"
+    evaluate_run(run / "best.pt", cohort, tmp_path / "b", split="test", n_boot=0, localise=False)
+    assert explain_manifest(run / "best.pt", cohort, tmp_path / "maps", limit=1)
+    assert cache_state(run / "cache") == before
+    for out in ("a", "b", "maps"):
+        assert not (tmp_path / out / "cache").exists()
+
+
+def test_evaluate_finds_the_cache_training_was_given(run, cohort, tmp_path, monkeypatch):
+    """A run whose training filled another cache folder (``train --cache DIR``) records it;
+    evaluate and explain of the run use that folder, and an explicit cache_dir still wins."""
+    import shutil
+
+    from aidnet.data.cache import CACHE_RECORD, record_cache_dir, recorded_cache_dir
+
+    moved = tmp_path / "run"
+    moved.mkdir()
+    for name in ("best.pt", "config.yaml", "splits.csv"):
+        shutil.copy2(run / name, moved / name)
+    elsewhere = tmp_path / "shared-cache"
+    shutil.copytree(run / "cache", elsewhere)
+    record_cache_dir(moved, elsewhere)
+    assert (moved / CACHE_RECORD).read_text().strip() == str(elsewhere.resolve())
+    assert recorded_cache_dir(moved) == elsewhere.resolve()
+    record_cache_dir(moved, moved / "cache")  # inside the run: stored relative to it
+    assert (moved / CACHE_RECORD).read_text().strip() == "cache"
+    assert recorded_cache_dir(moved) is None  # that folder does not exist
+    record_cache_dir(moved, elsewhere)
+
+    before = cache_state(elsewhere)
+    import aidnet.data.job as job_module
+
+    real_run_job, calls = job_module.run_job, []
+    monkeypatch.setattr(job_module, "run_job", lambda job: calls.append(job) or real_run_job(job))
+    evaluate_run(moved, cohort, tmp_path / "eval", split="test", n_boot=0, localise=False)
+    explain_manifest(moved / "best.pt", cohort, tmp_path / "maps", limit=1)
+    assert calls == [] and cache_state(elsewhere) == before
+    assert not (moved / "cache").exists() and not (tmp_path / "maps" / "cache").exists()
+    explicit = tmp_path / "explicit"
+    explain_manifest(moved, cohort, tmp_path / "maps2", limit=1, cache_dir=explicit)
+    assert len(calls) == 1 and len(cache_state(explicit)) == 1
+
+
+def test_evaluate_with_two_workers_predicts_as_with_one(run, cohort, tmp_path):
+    """Uncached scans preprocessed in 2 processes (the command line, on the CPU) give the same
+    cache files and predictions as in this process."""
+    from typer.testing import CliRunner
+
+    from aidnet.cli import app
+    from aidnet.data.cache import load_cached
+
+    evaluate_run(
+        run, cohort, tmp_path / "one", split="test", cache_dir=tmp_path / "c1", n_boot=0, workers=1
+    )
+    args = ["evaluate", "--checkpoint", run, "--manifest", cohort, "--out", tmp_path / "two"]
+    args += ["--split", "test", "--cache", tmp_path / "c2", "--device", "cpu", "--workers", "2"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "test AUC" in result.output
+    one, two = cache_state(tmp_path / "c1"), cache_state(tmp_path / "c2")
+    assert sorted(one) == sorted(two) and len(one) >= 4
+    for name in one:
+        a, b = load_cached(tmp_path / "c1" / name), load_cached(tmp_path / "c2" / name)
+        assert np.array_equal(a.image, b.image) and a.geometry == b.geometry
+    p1, p2 = predictions(tmp_path / "one"), predictions(tmp_path / "two")
+    assert p1.keys() == p2.keys() and len(p1) == len(one)
+    for key in p1:
+        assert float(p1[key]["p_cac"]) == pytest.approx(float(p2[key]["p_cac"]), abs=1e-6)
+        assert p1[key]["predicted"] == p2[key]["predicted"]
+    saved = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert saved["device"] == "cpu" and saved["precision"] == "float32"
+    assert saved["n"] == len(p1)
+
+
+def test_predict_and_explain_on_the_cpu_with_two_workers(run, cohort, tmp_path):
+    """`predict --device cpu --workers 2` with a scan and its rescan equals predicting each
+    scan alone in this process; `explain --device cpu --workers 2` writes the maps."""
+    from typer.testing import CliRunner
+
+    from aidnet.cli import app
+    from aidnet.data.manifest import read_manifest
+    from aidnet.pipeline.predict import predict_scans
+
+    records = read_manifest(cohort)
+    scan, rescan = (r.path for r in records if r.subject == records[0].subject)
+    single = [
+        predict_scans(run, [p], tmp_path / f"alone-{i}") for i, p in enumerate((scan, rescan))
+    ]
+    args = ["predict", "--checkpoint", run, scan, rescan, "--out", tmp_path / "pair"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "--device", "cpu", "--workers", "2"]])
+    assert result.exit_code == 0, result.output
+    pair = json.loads((tmp_path / "pair" / "prediction.json").read_text())
+    for alone, in_pair in zip(single, pair["scans"], strict=True):
+        assert in_pair["p_cac"] == pytest.approx(alone["p_cac"], abs=1e-6)
+    assert pair["p_cac"] == pytest.approx((single[0]["p_cac"] + single[1]["p_cac"]) / 2, abs=1e-6)
+    alone_map = read_volume_array(tmp_path / "alone-1" / "scan_gradcam.nii.gz")
+    assert np.allclose(read_volume_array(tmp_path / "pair" / "rescan_gradcam.nii.gz"), alone_map)
+
+    args = ["explain", "--checkpoint", run, "--manifest", cohort, "--out", tmp_path / "maps"]
+    args += ["--limit", "2", "--cache", tmp_path / "c", "--device", "cpu", "--workers", "2"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "wrote heat maps for 2 scans" in result.output
+    assert len(cache_state(tmp_path / "c")) == 2
+
+
+def read_volume_array(path):
+    from aidnet.io.read import read_volume
+
+    return read_volume(path).array

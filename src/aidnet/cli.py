@@ -331,6 +331,12 @@ def evaluate(
         help="Skip scoring the heat maps against the manifest's label maps (no localisation.csv); "
         "for a large model that step takes far longer than the predictions.",
     ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes preprocessing the scans not yet in the cache."
+    ),
 ) -> None:
     """Predict every labelled scan of a manifest and write predictions and metrics."""
     from aidnet.pipeline import evaluate_run
@@ -343,6 +349,8 @@ def evaluate(
         cache_dir=cache,
         bf16=bf16,
         localise=not no_localise,
+        device=device,
+        workers=workers,
     )
     typer.echo(_metrics_line(metrics))
     typer.echo(f"wrote {out / 'predictions.csv'} and {out / 'metrics.json'}")
@@ -357,11 +365,18 @@ def predict(
     scan: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
     rescan: Path | None = typer.Argument(None, help="Optional rescan of the same person."),
     out: Path = typer.Option(..., "--out", help="Folder for prediction.json."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes reading and preprocessing the scan and rescan."
+    ),
 ) -> None:
     """P(CAC) and Agatston class of one scan, or of a scan-rescan pair (averaged)."""
     from aidnet.pipeline.predict import predict_scans
 
-    result = predict_scans(checkpoint, [scan] if rescan is None else [scan, rescan], out)
+    scans = [scan] if rescan is None else [scan, rescan]
+    result = predict_scans(checkpoint, scans, out, device=device, workers=workers)
     line = (
         f"P(CAC) = {result['p_cac']:.3f}, predicted class {result['predicted_label']} "
         f"({result['model']})"
@@ -381,11 +396,19 @@ def explain(
     out: Path = typer.Option(..., "--out", help="Folder for heat maps and PNG overlays."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many scans."),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessed-scan cache folder."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes preprocessing the scans not yet in the cache."
+    ),
 ) -> None:
     """Grad-CAM (and SAG attention) heat maps on each scan's own grid, as NIfTI and PNG."""
     from aidnet.pipeline import explain_manifest
 
-    written = explain_manifest(checkpoint, manifest, out, limit=limit, cache_dir=cache)
+    written = explain_manifest(
+        checkpoint, manifest, out, limit=limit, cache_dir=cache, device=device, workers=workers
+    )
     typer.echo(f"wrote heat maps for {len(written)} scans to {out}")
 
 
@@ -418,13 +441,16 @@ def experiment(
     ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     workers: int = typer.Option(1, "--workers", min=1, help="Preprocessing processes."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
+    ),
 ) -> None:
     """The paper's comparison: 5 models x 2 strategies on one subject split, DeLong tests,
     ROC overlay, confusion matrices, report.html (resumable per row)."""
     from aidnet.pipeline.experiment import run_experiment
 
     names = [n.strip() for n in rows.split(",") if n.strip()] if rows else None
-    run_experiment(manifest, preset, out, rows=names, epochs=epochs, workers=workers)
+    run_experiment(manifest, preset, out, rows=names, epochs=epochs, workers=workers, device=device)
     typer.echo(f"report: {out / 'report.html'}")
 
 

@@ -190,3 +190,37 @@ def _lost(job: Job, exc: BaseException) -> tuple[str, str | None]:
     if isinstance(exc, BrokenProcessPool):
         return job.record.key, f"{path}: a worker process died (out of memory?); re-run to retry"
     return job.record.key, failure_message(path, exc)
+
+
+#: a run folder's record of the cache its training filled (see :func:`record_cache_dir`)
+CACHE_RECORD = "cache_dir.txt"
+
+
+def record_cache_dir(run: Path, cache_dir: Path) -> None:
+    """Write ``run/cache_dir.txt``: the cache folder the run's training filled, so that
+    ``evaluate`` and ``explain`` of the run find it. A folder inside the run is stored relative
+    to it (the run can be moved); nothing is written when the record already says the same."""
+    from aidnet.atomic import write_text_atomic
+
+    run, cache_dir = Path(run), Path(cache_dir).resolve()
+    try:
+        text = cache_dir.relative_to(run.resolve()).as_posix()
+    except ValueError:
+        text = str(cache_dir)
+    path = run / CACHE_RECORD
+    if path.is_file() and path.read_text(encoding="utf-8").strip() == text:
+        return
+    write_text_atomic(path, text + "\n")
+
+
+def recorded_cache_dir(run: Path) -> Path | None:
+    """The cache folder ``run`` recorded (:func:`record_cache_dir`) if it still exists."""
+    try:
+        text = (Path(run) / CACHE_RECORD).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text:
+        return None
+    folder = Path(text)
+    folder = folder if folder.is_absolute() else Path(run) / folder
+    return folder if folder.is_dir() else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidnet.data.cache import preprocess_cohort
+import torch
+
+from aidnet.data.cache import preprocess_cohort, recorded_cache_dir
 from aidnet.data.datasets import Item
 from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_splits
@@ -16,10 +18,12 @@ from aidnet.training.checkpoint import build_from_checkpoint, load_checkpoint, r
 
 @dataclass
 class Trained:
-    model: Any
+    model: Any  # on ``device``, in eval mode
     spec: dict
     path: Path
     run_dir: Path | None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False  # trained with mixed precision on GPUs (the saved config's ``amp``)
 
     @property
     def num_classes(self) -> int:
@@ -32,22 +36,38 @@ class Trained:
 
 
 def load_trained(checkpoint: Path) -> Trained:
+    """The model of a run folder (its best.pt) or checkpoint file, on the CPU."""
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     model = build_from_checkpoint(state, path)
-    return Trained(model, state["model_spec"], path, checkpoint if checkpoint.is_dir() else None)
+    config = state.get("config")
+    amp = bool(config.get("amp", False)) if isinstance(config, dict) else False
+    run_dir = checkpoint if checkpoint.is_dir() else None
+    return Trained(model, state["model_spec"], path, run_dir, amp=amp)
 
 
-def load_ensemble(checkpoints: Path | list[Path]) -> list[Trained]:
+def on_device(trained: Trained, device: torch.device) -> Trained:
+    """``trained`` with its model moved to ``device``, where its heat maps are computed too."""
+    trained.model.to(device)
+    trained.device = device
+    return trained
+
+
+def load_ensemble(
+    checkpoints: Path | list[Path], device: torch.device | None = None
+) -> list[Trained]:
     """One or more trained models whose class probabilities are averaged (a seed ensemble).
 
     Members must share the network input size (so one preprocessed scan serves them all) and
     the class count; anything else is one AidnetError line naming the member that differs.
+    With ``device``, every member is moved there (:func:`on_device`).
     """
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths:
         raise AidnetError("give at least one --checkpoint")
     members = [load_trained(Path(p)) for p in paths]
+    if device is not None:
+        members = [on_device(m, device) for m in members]
     first = members[0]
     for other in members[1:]:
         if (other.input_size, other.num_classes) != (first.input_size, first.num_classes):
@@ -100,13 +120,45 @@ def select_records(manifest: Path, trained: Trained, split: str = "all") -> list
     return chosen
 
 
+def run_folder(trained: Trained) -> Path | None:
+    """The run the model comes from: the folder given, or the folder of a checkpoint file
+    given that holds the run's ``config.yaml``; None for a checkpoint on its own."""
+    if trained.run_dir is not None:
+        return trained.run_dir
+    parent = trained.path.parent
+    return parent if (parent / "config.yaml").is_file() else None
+
+
+def default_cache_dir(trained: Trained, out: Path) -> Path:
+    """Where scans are preprocessed without ``--cache``: the cache the model's training filled
+    (the run's record of it, else ``RUN/cache``), so its scans are not preprocessed again;
+    ``out/cache`` for a checkpoint outside a run. Reuse is safe: a cache file's name fixes its
+    input file and preprocessing settings."""
+    run = run_folder(trained)
+    if run is None:
+        return out / "cache"
+    recorded = recorded_cache_dir(run)
+    if recorded is not None:
+        return recorded
+    if trained.run_dir is not None or (run / "cache").is_dir():
+        return run / "cache"
+    return out / "cache"
+
+
 def cached_items(
-    records: list[ScanRecord], trained: Trained, cache_dir: Path | None, out: Path
+    records: list[ScanRecord],
+    trained: Trained,
+    cache_dir: Path | None,
+    out: Path,
+    workers: int = 1,
 ) -> tuple[list[Item], dict[str, str]]:
-    """Preprocess (or reuse) every scan; failures are returned, not raised."""
+    """Preprocess (in ``workers`` processes) or reuse every scan; failures are returned, not
+    raised. Without ``cache_dir``, :func:`default_cache_dir`."""
     if cache_dir is None:
-        cache_dir = (trained.run_dir / "cache") if trained.run_dir else out / "cache"
-    cached = preprocess_cohort(records, cache_dir, trained.input_size, progress=True)
+        cache_dir = default_cache_dir(trained, out)
+    cached = preprocess_cohort(
+        records, cache_dir, trained.input_size, workers=workers, progress=True
+    )
     done, failures = cached.done, cached.failures
     items = [Item(r, done[r.key]) for r in records if r.key in done]
     return items, failures

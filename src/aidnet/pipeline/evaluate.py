@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aidnet.pipeline.common import (
     cached_items,
@@ -28,6 +27,8 @@ def evaluate_run(
     n_boot: int = 1000,
     localise: bool = True,
     bf16: bool = False,
+    device: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """Write predictions.csv, metrics.json, roc.png and confusion PNGs; return the metrics.
 
@@ -40,13 +41,24 @@ def evaluate_run(
     shares; :mod:`aidnet.explain.localisation`): ``localisation.csv`` per scan and map, and
     ``metrics["localisation"][map]`` summaries.
 
-    With ``bf16`` the networks predict under bfloat16 autocast where the CPU has it natively
-    (``metrics["precision"]`` says which); the heat maps are computed in float32 either way.
+    The networks and the heat maps run on ``device`` (``cpu``, ``cuda``, ``cuda:1`` …; None: the
+    GPU when there is one, as ``aidnet train``; see :mod:`aidnet.pipeline.device`). With ``bf16``
+    the networks predict under bfloat16 autocast where the CPU has it natively; on a GPU they do
+    so when they were trained with mixed precision (``metrics["precision"]`` says which); the
+    heat maps are computed in float32 either way.
+
+    Scans not yet in the cache are preprocessed in ``workers`` processes; without
+    ``cache_dir`` the cache the run's training filled is used
+    (:func:`aidnet.pipeline.common.default_cache_dir`).
 
     Several checkpoints (a list) are an ensemble: their class probabilities are averaged (see
     :func:`aidnet.pipeline.common.load_ensemble`). Heat maps belong to one network, so an
     ensemble is not localised; evaluate its members one by one for that.
     """
+    from aidnet.pipeline.device import autocast_dtype, precision_name, resolve_device
+
+    dev = resolve_device(device)  # a bad --device fails first
+
     from tqdm import tqdm
 
     from aidnet.evaluation.metrics import binary_metrics, multiclass_confusion
@@ -60,17 +72,19 @@ def evaluate_run(
     from aidnet.pipeline.explain import localisation_summary, localise_item
     from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
     from aidnet.training.loop import PREDICT_BATCH, predict_items
-    from aidnet.training.precision import check_bf16, cpu_bf16
+    from aidnet.training.precision import check_bf16
 
-    members = load_ensemble(checkpoint)
-    amp = cpu_bf16(bf16, "--bf16")  # float32, with a warning, where the CPU lacks bfloat16
-    for m in members if amp is not None else []:  # its wrong convolutions in float32
-        check_bf16(m.model, (PREDICT_BATCH, 2, *m.input_size), "--bf16", backward=False)
+    members = load_ensemble(checkpoint, dev)
+    # on a CPU: float32, with a warning, where it lacks bfloat16
+    amps = [autocast_dtype(dev, m.amp, bf16) for m in members]
+    for m, amp in zip(members, amps, strict=True):  # oneDNN's wrong convolutions in float32
+        if amp is not None and dev.type == "cpu":
+            check_bf16(m.model, (PREDICT_BATCH, 2, *m.input_size), "--bf16", backward=False)
     trained = members[0]
     localise = localise and len(members) == 1
     records = select_ensemble_records(manifest, members, split)
     out.mkdir(parents=True, exist_ok=True)
-    items, failures = cached_items(records, trained, cache_dir, out)
+    items, failures = cached_items(records, trained, cache_dir, out, workers=workers)
     # localisation first: a label map that does not fit its scan stops before any output
     log = ScanLog(out / LOCALISATION_LOG, job_context("localise", trained.path), manifest.parent)
     loc_rows: list[dict] = []
@@ -82,13 +96,12 @@ def evaluate_run(
         else:
             rows = rows_from_json(logged)
         loc_rows += rows
-    cpu = torch.device("cpu")
     probs = np.mean(
         [
             predict_items(
-                m.model, items, trained.num_classes, cpu, desc=f"predict {i + 1}", amp=amp
+                m.model, items, trained.num_classes, dev, desc=f"predict {i + 1}", amp=amp
             )
-            for i, m in enumerate(members)
+            for i, (m, amp) in enumerate(zip(members, amps, strict=True))
         ],
         axis=0,
     )
@@ -120,7 +133,9 @@ def evaluate_run(
     metrics["checkpoint"] = paths[0] if len(paths) == 1 else paths
     metrics["model"] = ensemble_name(members)
     metrics["split"] = split
-    metrics["precision"] = "float32" if amp is None else "bfloat16"
+    precisions = sorted({precision_name(amp) for amp in amps})
+    metrics["precision"] = precisions[0] if len(precisions) == 1 else precisions
+    metrics["device"] = str(dev)
     metrics["n_failed"] = len(failures)
     if labelled:
         plot_roc(

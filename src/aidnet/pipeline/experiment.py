@@ -183,12 +183,14 @@ def run_row(
     config,
     *,
     workers: int = 1,
+    device: str | None = None,
     n_boot: int = 1000,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) and evaluate one row; write its done marker last."""
+    """Train (or resume) on ``device`` and evaluate one row; write its done marker last."""
     import dataclasses
 
+    from aidnet.data.cache import record_cache_dir
     from aidnet.pipeline.evaluate import evaluate_run
     from aidnet.training.loop import train
 
@@ -213,13 +215,22 @@ def run_row(
         resume=resume,
         cache_dir=out / "cache",
         workers=workers,
+        device=device,
         progress=progress,
     )
+    record_cache_dir(run, out / "cache")  # `aidnet evaluate RUN` then finds the shared cache
     _check_same_split(out, run)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = evaluate_run(
-        run, manifest, row_dir / "eval", split="test", cache_dir=out / "cache", n_boot=n_boot
+        run,
+        manifest,
+        row_dir / "eval",
+        split="test",
+        cache_dir=out / "cache",
+        n_boot=n_boot,
+        device=device,
+        workers=workers,
     )
     done = {
         "row": row.id,
@@ -407,7 +418,11 @@ def write_figures(out: Path, entries: list[dict[str, Any]]) -> dict[str, Path]:
 
 
 def write_gallery(
-    out: Path, manifest: Path, k: int = 6, log: Callable[[str], None] = print
+    out: Path,
+    manifest: Path,
+    k: int = 6,
+    log: Callable[[str], None] = print,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Heat-map overlays of test cases (TP/FN/FP/TN) of AID-Net λ=0.001, strategy 2; reused
     while that row's done marker is unchanged."""
@@ -434,6 +449,7 @@ def write_gallery(
         gallery_dir,
         keys=[c["key"] for c in picked],
         cache_dir=out / "cache",
+        device=device,
     )
     as_json = [{k: str(v) for k, v in m.items() if k == "key" or k.endswith("_png")} for m in maps]
     write_text_atomic(marker, json.dumps({"row_done": stamp, "maps": as_json}, indent=2))
@@ -448,15 +464,23 @@ def run_experiment(
     rows: list[str] | None = None,
     epochs: int | None = None,
     workers: int = 1,
+    device: str | None = None,
     n_boot: int = 1000,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train, evaluate and compare the selected rows; write the comparison, figures and
-    report. Raises AidnetError (after writing what it could) when a row failed."""
+    report. Raises AidnetError (after writing what it could) when a row failed.
+
+    Training, evaluation and heat maps run on ``device`` (None: the GPU when there is one);
+    scans are preprocessed in ``workers`` processes."""
     from aidnet.config import load_config
+    from aidnet.data.cache import record_cache_dir
+    from aidnet.pipeline.device import resolve_device
     from aidnet.report.html import localisation_rows, write_report
 
+    if device is not None:  # a bad --device fails before anything trains
+        device = str(resolve_device(device))
     if not manifest.is_file():
         raise AidnetError(f"{manifest}: manifest not found")
     selected = select_rows(rows)
@@ -471,6 +495,9 @@ def run_experiment(
         head = f"[{i}/{len(selected)}] {row.id}"
         if (out / "rows" / row.id / "done.json").exists():
             log(f"{head}: finished earlier, skipped")
+            run = out / "rows" / row.id / "run"
+            if run.is_dir() and (out / "cache").is_dir():  # finished before runs recorded it
+                record_cache_dir(run, out / "cache")
             continue
         resuming = (out / "rows" / row.id / "run" / "last.pt").exists()
         log(
@@ -479,7 +506,14 @@ def run_experiment(
         )
         try:
             done = run_row(
-                row, out, manifest, config, workers=workers, n_boot=n_boot, progress=progress
+                row,
+                out,
+                manifest,
+                config,
+                workers=workers,
+                device=device,
+                n_boot=n_boot,
+                progress=progress,
             )
         except Exception as exc:  # one failed row must not lose the others
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -494,7 +528,7 @@ def run_experiment(
     entries = comparison_rows(out, failures)
     write_comparison(out, entries)
     figures = write_figures(out, entries)
-    gallery = write_gallery(out, manifest, log=log)
+    gallery = write_gallery(out, manifest, log=log, device=device)
     localisation = [
         row
         for e in entries

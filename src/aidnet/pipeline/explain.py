@@ -19,6 +19,7 @@ from aidnet.pipeline.common import (
     Trained,
     cached_items,
     load_trained,
+    on_device,
     raise_if_failed,
     select_records,
 )
@@ -48,7 +49,7 @@ def original_maps(
     """
     from aidnet.explain.gradcam import network_maps, normalise
 
-    x = torch.from_numpy(image)[None]
+    x = torch.from_numpy(image)[None].to(trained.device)
     maps = {
         name: geometry.to_original(net_map).astype(np.float32)
         for name, net_map in network_maps(trained.model, x).items()
@@ -129,7 +130,7 @@ def scored_rows(
     """:func:`localisation_rows` with Grad-CAM's grid taken from the model on ``image``."""
     from aidnet.explain.gradcam import feature_grid
 
-    grid = feature_grid(trained.model, torch.from_numpy(image)[None])
+    grid = feature_grid(trained.model, torch.from_numpy(image)[None].to(trained.device))
     return localisation_rows(record, maps, labels, geometry, grid)
 
 
@@ -201,9 +202,15 @@ def explain_manifest(
     cache_dir: Path | None = None,
     keys: list[str] | None = None,
     split: str = "all",
+    device: str | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """Explain the manifest's scans (optionally only ``keys``, at most ``limit``); with label
     maps in the manifest (``label_path``) also ``out/localisation.csv``.
+
+    The network and its heat maps run on ``device`` (see :func:`aidnet.pipeline.evaluate_run`);
+    scans not yet in the cache (without ``cache_dir``: the one the run's training filled) are
+    preprocessed in ``workers`` processes.
 
     Resumable: each finished scan is logged in ``out/.explain-progress.jsonl`` (see
     :mod:`aidnet.pipeline.resume`); run again after a kill, the scans whose maps are all there
@@ -212,9 +219,11 @@ def explain_manifest(
     from tqdm import tqdm
 
     from aidnet.explain.localisation import write_localisation_csv
+    from aidnet.pipeline.device import resolve_device
     from aidnet.pipeline.resume import ScanLog, job_context
 
-    trained = load_trained(checkpoint)
+    dev = resolve_device(device)  # a bad --device fails before the model loads
+    trained = on_device(load_trained(checkpoint), dev)
     records = select_records(manifest, trained, split)
     if keys is not None:
         wanted = set(keys)
@@ -222,7 +231,7 @@ def explain_manifest(
     if limit is not None:
         records = records[:limit]
     out.mkdir(parents=True, exist_ok=True)
-    items, failures = cached_items(records, trained, cache_dir, out)
+    items, failures = cached_items(records, trained, cache_dir, out, workers=workers)
     log = ScanLog(out / EXPLAIN_LOG, job_context("explain", trained.path), manifest.parent)
     written = []
     for item in tqdm(items, desc="explain", unit="scan", disable=None):

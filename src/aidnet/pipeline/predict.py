@@ -19,6 +19,7 @@ from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
 from aidnet.pipeline.common import Trained, ensemble_name, load_ensemble
 from aidnet.preprocess.geometry import CropGeometry
+from aidnet.preprocess.sample import Sample
 
 CLASS_NAMES = {2: ["no CAC", "CAC"], 3: ["0", "1-399", ">=400"]}
 
@@ -41,35 +42,85 @@ class Explained:
     volume: Volume
 
 
-def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
-    """Read, preprocess and classify one scan, with its Grad-CAM (and SAG attention) map.
+@dataclass(frozen=True)
+class ScanJob:
+    """Read and preprocess the scan ``path`` to the network input ``size`` (in any process)."""
 
-    For several models (an ensemble, see :func:`aidnet.pipeline.common.load_ensemble`) the
-    scan is read and preprocessed once; the class probabilities are averaged, and so is each
-    heat map all members have, rescaled to a maximum of 1.
-    """
-    from aidnet.evaluation.metrics import class_probs
-    from aidnet.explain.gradcam import normalise
+    index: int
+    path: Path
+    size: tuple[int, int, int]
+
+
+def prepare_scan(path: Path, size: tuple[int, int, int]) -> tuple[Volume, Sample]:
+    """The scan read from ``path`` and its network input; a problem is one AidnetError line
+    that names the file."""
     from aidnet.io.read import read_volume
-    from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess import PreprocessConfig, preprocess_volume
-    from aidnet.preprocess.sample import on_original_grid
 
-    members = trained if isinstance(trained, list) else [trained]
     volume = read_volume(path)
     try:
-        sample = preprocess_volume(volume, PreprocessConfig(size=members[0].input_size))
+        return volume, preprocess_volume(volume, PreprocessConfig(size=size))
     except AidnetError as exc:
         if str(path) in str(exc):
             raise
         raise AidnetError(f"{path}: {exc}") from None
+
+
+def _run_scan_job(job: ScanJob) -> tuple[int, tuple[Volume, Sample] | BaseException]:
+    try:
+        return job.index, prepare_scan(job.path, job.size)
+    except Exception as exc:  # raised in the caller's process, not lost in the pool's
+        return job.index, exc
+
+
+def _lost_scan_job(job: ScanJob, exc: BaseException) -> tuple[int, BaseException]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(exc, BrokenProcessPool):
+        exc = AidnetError(f"{job.path}: a worker process died (out of memory?); re-run it")
+    return job.index, exc
+
+
+def prepare_scans(
+    paths: list[Path], size: tuple[int, int, int], workers: int = 1
+) -> list[tuple[Volume, Sample]]:
+    """:func:`prepare_scan` of each path, in ``workers`` processes (the cache layer's pool,
+    :func:`aidnet.data.pool.run_unordered`), in the order given; the first problem is raised."""
+    from aidnet.data.pool import run_unordered
+
+    jobs = [ScanJob(i, Path(path), size) for i, path in enumerate(paths)]
+    results: dict[int, tuple[Volume, Sample] | BaseException] = dict(
+        run_unordered(_run_scan_job, jobs, workers, lost=_lost_scan_job)
+    )
+    for i in range(len(jobs)):
+        result = results[i]
+        if isinstance(result, BaseException):
+            raise result
+    return [results[i] for i in range(len(jobs))]  # type: ignore[misc]
+
+
+def explain_prepared(members: list[Trained], volume: Volume, sample: Sample) -> Explained:
+    """Classify one preprocessed scan, with its Grad-CAM (and SAG attention) map, each model on
+    its own device; for an ensemble the class probabilities are averaged, and so is each heat
+    map all members have, rescaled to a maximum of 1."""
+    from aidnet.evaluation.metrics import class_probs
+    from aidnet.explain.gradcam import normalise
+    from aidnet.pipeline.device import autocast_dtype
+    from aidnet.pipeline.explain import original_maps
+    from aidnet.preprocess.sample import on_original_grid
+
     calcium = on_original_grid(sample.calcium, sample.geometry.crop_box, volume.shape)
     x = torch.from_numpy(sample.image)[None]
     probs, maps = [], []
     for member in members:
-        with torch.no_grad():
-            logits = member.model.forward_single(x).logits
-        probs.append(class_probs(logits)[0].numpy().astype(np.float64))
+        dev = member.device
+        amp = autocast_dtype(dev, member.amp, bf16=False)  # CPUs: float32
+        with (
+            torch.no_grad(),
+            torch.autocast(device_type=dev.type, dtype=amp, enabled=amp is not None),
+        ):
+            logits = member.model.forward_single(x.to(dev)).logits
+        probs.append(class_probs(logits)[0].cpu().numpy().astype(np.float64))
         maps.append(original_maps(member, sample.image, sample.geometry, calcium))
     if len(members) == 1:
         return Explained(probs[0], maps[0], sample.geometry, volume)
@@ -78,20 +129,44 @@ def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
     return Explained(np.mean(probs, axis=0), mean_maps, sample.geometry, volume)
 
 
-def predict_scans(checkpoint: Path | list[Path], scans: list[Path], out: Path) -> dict[str, Any]:
+def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
+    """Read, preprocess and classify one scan, with its Grad-CAM (and SAG attention) map.
+
+    For several models (an ensemble, see :func:`aidnet.pipeline.common.load_ensemble`) the
+    scan is read and preprocessed once (see :func:`explain_prepared`).
+    """
+    members = trained if isinstance(trained, list) else [trained]
+    volume, sample = prepare_scan(path, members[0].input_size)
+    return explain_prepared(members, volume, sample)
+
+
+def predict_scans(
+    checkpoint: Path | list[Path],
+    scans: list[Path],
+    out: Path,
+    *,
+    device: str | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
     """Predict one scan or a scan–rescan pair and write ``out/prediction.json``; several
-    checkpoints are an ensemble (probabilities and heat maps averaged)."""
+    checkpoints are an ensemble (probabilities and heat maps averaged).
+
+    The networks and heat maps run on ``device`` (see :mod:`aidnet.pipeline.device`); a scan
+    and its rescan are read and preprocessed in ``workers`` processes."""
     from aidnet.evaluation.predictions import class_columns, write_metrics_json
+    from aidnet.pipeline.device import resolve_device
     from aidnet.pipeline.explain import write_maps
 
     if not 1 <= len(scans) <= 2:
         raise AidnetError("give one scan, or a scan and its rescan")
-    members = load_ensemble(checkpoint)
+    dev = resolve_device(device)
+    members = load_ensemble(checkpoint, dev)
     trained = members[0]
     for scan in scans:
         if not scan.exists():
             raise AidnetError(f"{scan}: file not found")
-    explained = [explain_scan(members, scan) for scan in scans]  # all read before any write
+    prepared = prepare_scans(scans, trained.input_size, workers)  # all read before any write
+    explained = [explain_prepared(members, volume, sample) for volume, sample in prepared]
     out.mkdir(parents=True, exist_ok=True)
     # file names say scan/rescan, never the input's name (it may hold a patient's name)
     heatmaps = [
