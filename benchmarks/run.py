@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
+from benchmarks.evaluate_workers import bench_evaluate_workers
 from benchmarks.models import bench_models, bench_models_gpu
 from benchmarks.preprocess import bench_preprocess
 
@@ -67,6 +68,7 @@ BENCHES = {
     "models_gpu": bench_models_gpu,
     "cohort_workers": bench_cohort_workers,
     "cohort_resume": lambda repeats: bench_cohort_resume(),
+    "evaluate_workers": bench_evaluate_workers,
 }
 
 

@@ -1,0 +1,40 @@
+"""The benchmarks run at a reduced size and write the fields `make bench` reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_evaluate_workers_benchmark_at_a_tiny_size(tmp_path):
+    out = tmp_path / "evaluate_workers.json"
+    command = [sys.executable, "-m", "benchmarks.evaluate_workers", "--subjects", "2"]
+    command += ["--size", "small", "--preset", "tiny", "--repeats", "1", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["scans"] == 4 and result["preset"] == "tiny" and result["device"] == "cpu"
+    for workers in (1, 2):
+        runs = result[f"workers_{workers}_s"]["runs"]
+        assert len(runs) == 1 and runs[0] > 0
+        assert result[f"workers_{workers}_s"]["median"] == runs[0]
+    one, two = result["workers_1_s"]["median"], result["workers_2_s"]["median"]
+    assert result["speedup_2_over_1"] == pytest.approx(one / two)
+    assert result["ratio_2_to_1"] == pytest.approx(two / one)
+    assert result["target"] == {"speedup_2_over_1": 1.7, "cores": 2}
+    assert result["meets_target"] == (one / two >= 1.7)
+    assert result["same_predictions"] is True
+
+
+def test_evaluate_workers_benchmark_is_registered():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.evaluate_workers import bench_evaluate_workers
+        from benchmarks.run import BENCHES
+    finally:
+        sys.path.remove(str(ROOT))
+    assert BENCHES["evaluate_workers"] is bench_evaluate_workers
