@@ -464,3 +464,16 @@ def test_default_device_is_the_one_train_picks():
 
     assert default_device() == start_processes(None)[1] == resolve_device(None)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_cpu_inference_stays_float32_unless_bf16_is_asked_for():
+    import torch
+
+    from aidnet.pipeline.device import autocast_dtype, precision_name
+    from aidnet.training.precision import cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, trained_amp=True, bf16=False) is None  # amp is for GPUs
+    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert autocast_dtype(cpu, trained_amp=False, bf16=True) == expected
+    assert precision_name(None) == "float32" and precision_name(torch.bfloat16) == "bfloat16"

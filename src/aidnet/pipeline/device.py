@@ -55,7 +55,8 @@ def autocast_dtype(device: torch.device, trained_amp: bool, bf16: bool) -> torch
     if device.type == "cuda":
         if not (trained_amp or bf16):
             return None
-        with torch.cuda.device(device):
+        index = torch.cuda.current_device() if device.index is None else device.index
+        with torch.cuda.device(index):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
         from aidnet.training.precision import cpu_bf16
