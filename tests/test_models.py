@@ -188,7 +188,7 @@ def test_unknown_model_lists_known_names():
 
 
 def test_running_evidence_norm_is_batch_independent_in_training():
-    """With ``running_evidence`` a scan's training-mode logits do not depend on the rest of its
+    """With ``norm_mode = "running"`` a scan's training-mode logits do not depend on the rest of its
     batch, the first batch sets the statistics and later ones move them by the momentum; in
     eval the layer is the plain BatchNorm. With batch statistics (the default) they do depend
     on the batch, which shows the check can fail."""
@@ -199,7 +199,7 @@ def test_running_evidence_norm_is_batch_independent_in_training():
     other = torch.randn(6, 5)
     for running in (False, True):
         head = RisingClassifier(4, 3, other_channels=5)
-        head.running_evidence = running
+        head.norm_mode = "running" if running else "batch"
         head.train()
         head(pooled[:3], 1000, other[:3])  # statistics from a first batch
         stats = {k: v.clone() for k, v in head.norm.state_dict().items()}
@@ -214,7 +214,7 @@ def test_running_evidence_norm_is_batch_independent_in_training():
         assert same == running
     raw = torch.log1p(pooled * 1000)
     head = RisingClassifier(4, 3, other_channels=5)
-    head.running_evidence = True
+    head.norm_mode = "running"
     head.train()
     head(pooled[:3], 1000, other[:3])
     assert torch.allclose(head.norm.running_mean, raw[:3].mean(0))  # first batch: its own mean
@@ -230,3 +230,33 @@ def test_running_evidence_norm_is_batch_independent_in_training():
     plain.load_state_dict(head.state_dict())  # the same weights and buffers as a BatchNorm
     plain.eval()
     assert torch.equal(head(pooled, 1000, other), plain(pooled, 1000, other))
+
+
+@pytest.mark.parametrize("mode", ["batch", "fixed"])
+def test_a_fainter_calcium_map_costs_cross_entropy_only_on_a_fixed_scale(mode):
+    """The calcium map dies when the negative-evidence penalty shrinks it: under batch
+    statistics the cross-entropy cannot see a common factor on the map (it is a common shift of
+    the log evidence), so nothing resists. On a fixed scale (``fixed``) a map 100 times fainter
+    loses its CAC logits on the positive scans and the cross-entropy rises."""
+    from aidnet.models.heads import RisingClassifier
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 2, 0, 1])
+    # positives carry far more evidence than negatives, as a trained map does
+    pooled = torch.where(labels > 0, 1.0, 0.02)[:, None] * (1 + torch.rand(6, 4))
+    head = RisingClassifier(4, 3)
+    head.norm_mode = mode
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+    head.train()
+    head(pooled, 1000)  # the first batch (sets the statistics of "fixed")
+
+    @torch.no_grad()
+    def ce(scale: float) -> float:
+        return float(torch.nn.functional.cross_entropy(head(pooled * scale, 1000), labels))
+
+    ratio = ce(0.01) / ce(1.0)
+    if mode == "batch":
+        assert ratio == pytest.approx(1.0, abs=0.05)  # blind to the map's scale
+    else:
+        assert ratio > 2.0

@@ -174,19 +174,19 @@ def test_grad_clip_bounds_every_step(cohort, cache, tmp_path, monkeypatch):
 def test_evidence_norm_running_reaches_the_head(cohort, cache, tmp_path, monkeypatch):
     from aidnet.models.heads import RisingClassifier
 
-    flags: list[bool] = []
+    flags: list[str] = []
     real = RisingClassifier._normalise
 
     def spy(self, raw):
         if self.training:
-            flags.append(self.running_evidence)
+            flags.append(self.norm_mode)
         return real(self, raw)
 
     monkeypatch.setattr(RisingClassifier, "_normalise", spy)
-    for norm in ("batch", "running"):
+    for norm in ("batch", "running", "fixed"):
         config = load_config("tiny", epochs=1, evidence_norm=norm, **TINY)
         train(config, cohort, tmp_path / norm, cache_dir=cache, progress=False)
-        assert flags and set(flags) == {norm == "running"}
+        assert flags and set(flags) == {norm}
         flags.clear()
     with pytest.raises(AidnetError, match="evidence_norm must be"):
         load_config("tiny", evidence_norm="group")
@@ -269,8 +269,9 @@ def test_a_dead_map_epoch_is_not_selected_and_a_dead_run_warns(
     import aidnet.training.loop as loop
 
     config = load_config("tiny", epochs=3, **TINY)
-    # epoch 2 scores best on validation AUC, but its calcium map is dead
-    script = iter([(0.6, 0.5, 1.0), (0.9, 0.7, 0.0), (0.7, 0.6, 0.5)])
+    # epoch 2 scores best on validation AUC, but its calcium map is dead (not yet alive, so no
+    # guard event: a map that dies after it was alive is the guard's, tests/test_guard.py)
+    script = iter([(0.6, 0.5, 0.0), (0.9, 0.7, 0.0), (0.7, 0.6, 0.5)])
     monkeypatch.setattr(loop, "validation_scores", lambda *a: next(script))
     best = train(config, cohort, tmp_path / "a", cache_dir=cache, progress=False)
     assert load_checkpoint(best)["epoch"] == 2  # 0-based: the third epoch (0.7, live)

@@ -15,7 +15,7 @@ import yaml
 
 from aidnet.errors import AidnetError
 
-PRESETS = ("tiny", "demo", "paper")
+PRESETS = ("tiny", "demo", "paper", "full")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class Config:
     # weight of the evidence penalty on CAC-negative scans (calcium head only; losses.py)
     negative_evidence: float = 0.0
     # calcium head: normalise the evidence in training with the batch's statistics ("batch",
-    # BatchNorm) or with running ones ("running", batch-independent; models/heads.py)
+    # BatchNorm), with running ones ("running", batch-independent) or with those of the first
+    # batch for the whole run ("fixed": the map's scale counts; models/heads.py)
     evidence_norm: str = "batch"
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
@@ -59,6 +60,9 @@ class Config:
     # bfloat16 autocast on CPUs too (training and validation): about twice as fast where the CPU
     # has native bfloat16 (AVX512-BF16, AMX), slower where it has not
     cpu_amp: bool = False
+    # times the training guard may go back to the last good epoch end with the learning rate
+    # halved before it stops the run (training/guard.py; 0: stop at the first event)
+    guard_recoveries: int = 3
     checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
     checkpoint_steps: int = 0  # and/or every this many steps (0: off)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -91,14 +95,18 @@ class Config:
             raise AidnetError(f"grad_clip must be >= 0 (0: off), not {self.grad_clip}")
         if not 0 <= self.select_from < 1:
             raise AidnetError(f"select_from must be >= 0 and < 1, not {self.select_from}")
-        if self.evidence_norm not in ("batch", "running"):
-            raise AidnetError(f"evidence_norm must be batch or running, not {self.evidence_norm}")
+        if self.evidence_norm not in ("batch", "running", "fixed"):
+            raise AidnetError(
+                f"evidence_norm must be batch, running or fixed, not {self.evidence_norm}"
+            )
         if self.head not in ("stage", "calcium"):
             raise AidnetError(f"head must be stage or calcium, not {self.head}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if self.checkpoint_minutes <= 0 or self.checkpoint_steps < 0:
             raise AidnetError("checkpoint_minutes must be > 0 and checkpoint_steps >= 0")
+        if self.guard_recoveries < 0:
+            raise AidnetError(f"guard_recoveries must be >= 0, not {self.guard_recoveries}")
         if self.epochs < 1 or self.batch_size < 1:
             raise AidnetError("epochs and batch_size must be >= 1")
         return self

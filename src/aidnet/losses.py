@@ -44,7 +44,7 @@ def penalty_maps(model: Any, out1: Any, out2: Any) -> tuple[Tensor | None, Tenso
     """The two paths' maps for :func:`negative_evidence`: their maps before global average
     pooling when the model's is a calcium map (the calcium head), else none; other maps carry
     no meaning as evidence sums."""
-    if getattr(model, "map_on_calcium", False):
+    if model.map_on_calcium:
         return out1.features, out2.features
     return None, None
 
@@ -55,7 +55,8 @@ class PairLoss(nn.Module):
     paths' calcium maps are given and ``negative = β > 0``.
 
     The contrastive term compares the two paths' softmax probabilities with ``Y = (y1 != y2)``.
-    ``forward`` returns ``(total, parts)``; parts (floats) are ``loss``, ``ce`` (= ce1 + ce2),
+    ``forward`` returns ``(total, parts)``; parts (detached 0-d tensors on the loss's device,
+    so reading them is the caller's one synchronisation) are ``loss``, ``ce`` (= ce1 + ce2),
     ``ce1``, ``ce2``, ``contrastive`` (unweighted, reported even when ``lambda_ = 0``) and
     ``negative`` (unweighted; 0 without maps).
     """
@@ -74,7 +75,7 @@ class PairLoss(nn.Module):
         y2: Tensor,
         maps1: Tensor | None = None,
         maps2: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         ce1 = F.cross_entropy(logits1, y1)
         ce2 = F.cross_entropy(logits2, y2)
         contrastive = contrastive_loss(
@@ -89,11 +90,11 @@ class PairLoss(nn.Module):
             if self.negative != 0:
                 total = total + self.negative * negative
         parts = {
-            "loss": float(total.detach()),
-            "ce": float((ce1 + ce2).detach()),
-            "ce1": float(ce1.detach()),
-            "ce2": float(ce2.detach()),
-            "contrastive": float(contrastive.detach()),
-            "negative": float(negative.detach()),
+            "loss": total.detach(),
+            "ce": (ce1 + ce2).detach(),
+            "ce1": ce1.detach(),
+            "ce2": ce2.detach(),
+            "contrastive": contrastive.detach(),
+            "negative": negative.detach(),
         }
         return total, parts

@@ -15,6 +15,7 @@ from aidnet.models.aidnet import SingleOutput
 
 class _SingleScanModel(nn.Module):
     siamese: bool = False
+    map_on_calcium: bool = False  # the map before pooling is no calcium map
     min_size: int = 1  # voxels per spatial axis the architecture needs
     dropout: nn.Dropout
     classifier: nn.Linear

@@ -59,11 +59,20 @@ class RisingClassifier(nn.Module):
     So the log-odds of CAC never fall when the map grows anywhere, and Grad-CAM's channel
     weights on the map are all positive: its heat map is the map's evidence itself.
 
-    ``running_evidence`` (off by default; training's ``evidence_norm: running``): in training
-    too, normalise with the running statistics as they stood before the batch (the very first
-    batch sets them), then update them from it without a gradient: a scan's evidence does not
-    depend on the other scans of its batch (a batch of four subjects may hold no calcium at
-    all). Inference, and the saved weights, are the same either way.
+    ``norm_mode`` (training's ``evidence_norm``) says which statistics normalise the evidence
+    in training; inference, and the saved weights, are the same in every mode:
+
+    - ``"batch"`` (BatchNorm's own): the batch's. The classifier then sees only how a scan's
+      evidence differs from its batch's, and a common factor on the map is a common shift of
+      the log evidence that the normalisation removes: the cross-entropy cannot tell a map from
+      the same map a thousand times fainter, so nothing resists a force that shrinks it (the
+      negative-evidence penalty) until the map dies.
+    - ``"running"``: the running statistics as they stood before the batch (the very first
+      batch sets them), then updated from it without a gradient: a scan's evidence does not
+      depend on the other scans of its batch; the statistics still follow a shrinking map.
+    - ``"fixed"``: the first training batch sets the centre and it never changes, and the
+      scale is the log's own: the evidence is the log of the map's sum on one fixed scale, so a
+      fainter map gives fainter CAC logits on the positive scans and the cross-entropy pays.
     """
 
     def __init__(
@@ -75,26 +84,34 @@ class RisingClassifier(nn.Module):
         self.other = nn.Linear(other_channels, num_classes) if other_channels else None
         self.bias = None if other_channels else nn.Parameter(torch.zeros(num_classes))
         self.dropout = nn.Dropout(dropout)
-        self.running_evidence = False
+        self.norm_mode = "batch"
 
     def _normalise(self, raw: Tensor) -> Tensor:
         norm = self.norm
-        if not (self.training and self.running_evidence):
+        if not self.training or self.norm_mode == "batch":
             return norm(raw)
         assert norm.running_mean is not None and norm.running_var is not None
         assert norm.num_batches_tracked is not None
         with torch.no_grad():
             batch_mean = raw.mean(0)
             batch_var = raw.var(0) if raw.shape[0] > 1 else norm.running_var.clone()
-            if int(norm.num_batches_tracked) == 0:  # the first batch sets the statistics
+            first = int(norm.num_batches_tracked) == 0
+            if first:  # the first batch sets the statistics
                 norm.running_mean.copy_(batch_mean)
-                norm.running_var.copy_(batch_var)
+                # fixed: a centre only; the scale stays the log's own (the softplus weights
+                # learn it), since a few scans' spread is no scale to keep for a whole run
+                if self.norm_mode == "running":
+                    norm.running_var.copy_(batch_var)
+                else:
+                    norm.running_var.fill_(1 - norm.eps)
             mean, var = norm.running_mean.clone(), norm.running_var.clone()
-            # then a plain mean over the first batches, later the layer's momentum
-            norm.num_batches_tracked += 1
-            rate = max(float(norm.momentum or 0.0), 1.0 / float(norm.num_batches_tracked))
-            norm.running_mean.lerp_(batch_mean, rate)
-            norm.running_var.lerp_(batch_var, rate)
+            if self.norm_mode == "running" or first:
+                # then a plain mean over the first batches, later the layer's momentum
+                norm.num_batches_tracked += 1
+            if self.norm_mode == "running":
+                rate = max(float(norm.momentum or 0.0), 1.0 / float(norm.num_batches_tracked))
+                norm.running_mean.lerp_(batch_mean, rate)
+                norm.running_var.lerp_(batch_var, rate)
         return (raw - mean) / torch.sqrt(var + norm.eps)
 
     def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:

@@ -40,6 +40,20 @@ class Processes:
         if self.distributed:
             dist.barrier()
 
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes, in place (itself when there is one)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def from_main(self, value: T) -> T:
+        """Process 0's ``value`` on every process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def main_first(self, work: Callable[[bool], T]) -> T:
         """Run ``work(is_main)`` on process 0, then on the others (which then find its files).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from aidnet.errors import AidnetError
 from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
+from aidnet.training.guard import Guard, GuardEvent
 from aidnet.training.logs import LOSS_PARTS
 from aidnet.training.precision import check_bf16, cpu_bf16
 
@@ -159,7 +160,7 @@ def validation_scores(
 
     if not items:
         return float("nan"), float("nan"), float("nan")
-    sums: list[float] | None = [] if getattr(model, "map_on_calcium", False) else None
+    sums: list[float] | None = [] if model.map_on_calcium else None
     probs = predict_items(model, items, config.num_classes, device, map_sums=sums, amp=amp)
     p_cac = probs[:, 1:].sum(axis=1)
     y = np.array([int((i.record.label or 0) > 0) for i in items])
@@ -171,11 +172,12 @@ def validation_scores(
     return (float("nan") if auc is None else float(auc)), float(metrics["accuracy"]), live
 
 
-def learning_rate(config: Config, epoch: int) -> float:
-    """The learning rate of an epoch: constant, or cosine-decayed over the run."""
+def learning_rate(config: Config, epoch: int, scale: float = 1.0) -> float:
+    """The learning rate of an epoch: constant, or cosine-decayed over the run; ``scale`` is
+    the training guard's reduction after its recoveries (1: none)."""
     if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-    return config.lr
+        return scale * config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return scale * config.lr
 
 
 def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
@@ -276,8 +278,8 @@ def train(
             dropout=config.dropout,
             head=config.head,
         ).to(dev)
-        if getattr(model, "evidence", None) is not None:
-            model.evidence.running_evidence = config.evidence_norm == "running"
+        if model.map_on_calcium:
+            model.evidence.norm_mode = config.evidence_norm
         net: Any = model
         if procs.distributed:
             if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
@@ -285,7 +287,8 @@ def train(
             net = DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
-        return _fit(config, data, manifest, out, model, net, procs, dev, resume, progress)
+        trainer = Trainer(config, data, manifest, out, model, net, procs, dev, progress)
+        return trainer.fit(resume)
     finally:
         procs.close()
 
@@ -297,117 +300,231 @@ def selectable(config: Config, epoch: int) -> bool:
     return epoch + 1 > config.select_from * config.epochs  # never the start value, -1
 
 
-def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) -> Path:
-    from tqdm import tqdm
-
-    from aidnet.losses import PairLoss, penalty_maps
-    from aidnet.training.batches import epoch_batches, step_seed
-    from aidnet.training.logs import TrainLog
-
-    siamese = bool(getattr(model, "siamese", False))
-    shift = config.max_shift if config.augment else 0
-    # a step sees the same number of scans for every model: batch_size pairs, or twice as
-    # many single scans for the baselines
-    scans_per_pair = 1 if siamese else 2
-    if siamese:
-        pairs = make_pairs(data.items["train"])
-        if not pairs:
-            raise AidnetError(f"{manifest}: no training subject has two labelled scans to pair")
-        train_set: PairDataset | ScanDataset = PairDataset(
-            pairs, config.num_classes, max_shift=shift, seed=config.seed
-        )
-    else:
-        train_set = ScanDataset(
-            data.items["train"], config.num_classes, max_shift=shift, seed=config.seed
-        )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    pair_loss = PairLoss(
-        lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
+def is_better(
+    config: Config, epoch: int, live: bool, score: float, best: tuple[int, bool, float]
+) -> bool:
+    """The model-selection rule: whether epoch ``epoch`` (a live calcium map or not, its
+    validation score) beats ``best`` = (epoch, live, score) for ``best.pt``. An epoch in the
+    selection window first, then a live map, then the score. AUCs equal as rank statistics can
+    differ in the last bits of their floating-point sums: such a tie keeps the earlier epoch
+    on every machine."""
+    best_epoch, best_live, best_score = best
+    return (selectable(config, epoch), live, round(score, 9)) > (
+        selectable(config, best_epoch),
+        best_live,
+        round(best_score, 9),
     )
-    ce = torch.nn.CrossEntropyLoss()
-    amp_dtype = _amp_dtype(dev, config, warn=procs.main)
-    if amp_dtype == torch.bfloat16 and dev.type == "cpu":  # its wrong convolutions in float32
-        batch = (scans_per_pair * config.batch_size, 2, *config.input_size)
-        check_bf16(model, batch, "cpu_amp", warn=procs.main)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    spec = _model_spec(config)
-    last = out / "last.pt"
-    # validation, selection and best.pt use the averaged weights when averaging is on
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
 
-    # best epoch so far: one in the selection window first, then a live calcium map (NaN = no
-    # calcium map: live), then its score
-    start_epoch, start_step, best_auc, best_live, best_epoch = 0, 0, -1.0, False, -1
-    totals = dict.fromkeys(LOSS_PARTS, 0.0)
-    grad_max = 0.0  # the epoch's largest gradient norm so far (log.csv)
-    if resume and last.exists():
-        state = load_checkpoint(last)
-        _check_resumable(state, spec, last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = int(state["next_epoch"]), int(state["next_step"])
-        best_auc = float(state["best_auc"])
-        best_live = bool(state.get("best_live", True))  # older runs: chosen on score alone
-        best_epoch = int(state.get("best_epoch", config.epochs - 1))  # older runs: no window
-        if average is not None:
-            if not state.get("average"):
-                raise AidnetError(f"{last}: saved without the weight average this run uses")
-            average.load_state_dict(state["average"])
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in ``last.pt`` so a resume continues exactly."""
+
+    next_epoch: int = 0
+    next_step: int = 0
+    best_auc: float = -1.0
+    best_live: bool = False
+    best_epoch: int = -1
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_PARTS, 0.0))
+    grad_max: float = 0.0  # the epoch's largest gradient norm so far (log.csv)
+    lr_scale: float = 1.0  # the guard's reduction of the learning rate
+    recoveries: int = 0
+    live_seen: bool = False  # a validation pass found a live calcium map
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "next_epoch": self.next_epoch,
+            "next_step": self.next_step,
+            "best_auc": self.best_auc,
+            "best_live": self.best_live,
+            "best_epoch": self.best_epoch,
+            "totals": dict(self.totals),
+            "grad_norm_max": self.grad_max,
+            "lr_scale": self.lr_scale,
+            "recoveries": self.recoveries,
+            "live_seen": self.live_seen,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], epochs: int) -> TrainState:
+        totals = dict.fromkeys(LOSS_PARTS, 0.0)
         totals.update({k: float(v) for k, v in state["totals"].items()})
-        grad_max = float(state.get("grad_norm_max", 0.0))
-    log = TrainLog(out, enabled=procs.main)
+        return cls(
+            next_epoch=int(state["next_epoch"]),
+            next_step=int(state["next_step"]),
+            best_auc=float(state["best_auc"]),
+            best_live=bool(state.get("best_live", True)),  # older runs: chosen on score alone
+            best_epoch=int(state.get("best_epoch", epochs - 1)),  # older runs: no window
+            totals=totals,
+            grad_max=float(state.get("grad_norm_max", 0.0)),
+            lr_scale=float(state.get("lr_scale", 1.0)),
+            recoveries=int(state.get("recoveries", 0)),
+            live_seen=bool(state.get("live_seen", False)),
+        )
 
-    def checkpoint(next_epoch: int, next_step: int) -> None:
+
+class Trainer:
+    """One run's training: the state, one step, one epoch, one validation pass, the guard's
+    recoveries and the checkpoints (``last.pt`` at every epoch end and every few minutes,
+    ``good.pt`` at the end of every epoch the guard passed, ``best.pt`` as selected)."""
+
+    def __init__(self, config, data, manifest, out, model, net, procs, dev, progress) -> None:
+        from aidnet.losses import PairLoss
+
+        self.config, self.data, self.manifest, self.out = config, data, manifest, out
+        self.model, self.net, self.procs, self.dev = model, net, procs, dev
+        self.progress = progress
+        self.siamese = bool(model.siamese)
+        self.calcium = bool(model.map_on_calcium)
+        shift = config.max_shift if config.augment else 0
+        # a step sees the same number of scans for every model: batch_size pairs, or twice as
+        # many single scans for the baselines
+        self.scans_per_pair = 1 if self.siamese else 2
+        if self.siamese:
+            pairs = make_pairs(data.items["train"])
+            if not pairs:
+                raise AidnetError(f"{manifest}: no training subject has two labelled scans to pair")
+            self.train_set: PairDataset | ScanDataset = PairDataset(
+                pairs, config.num_classes, max_shift=shift, seed=config.seed
+            )
+        else:
+            self.train_set = ScanDataset(
+                data.items["train"], config.num_classes, max_shift=shift, seed=config.seed
+            )
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.pair_loss = PairLoss(
+            lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
+        )
+        self.amp = _amp_dtype(dev, config, warn=procs.main)
+        if self.amp == torch.bfloat16 and dev.type == "cpu":  # its wrong convolutions in float32
+            batch = (self.scans_per_pair * config.batch_size, 2, *config.input_size)
+            check_bf16(model, batch, "cpu_amp", warn=procs.main)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.spec = _model_spec(config)
+        # validation, selection and best.pt use the averaged weights when averaging is on
+        self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.guard = Guard(config.num_classes)
+        self.state = TrainState()
+        self.last, self.good = out / "last.pt", out / "good.pt"
+        self.epoch_steps = 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _save(self, path: Path) -> None:
         save_checkpoint(
-            last,
+            path,
             {
-                "model": cpu_weights(model),
-                "model_spec": spec,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "next_epoch": next_epoch,
-                "next_step": next_step,
-                "totals": dict(totals),
-                "grad_norm_max": grad_max,
-                "best_auc": best_auc,
-                "best_live": best_live,
-                "best_epoch": best_epoch,
-                "average": average.state_dict() if average is not None else {},
-                "config": config.to_dict(),
+                "model": cpu_weights(self.model),
+                "model_spec": self.spec,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                **self.state.to_dict(),
+                "guard": self.guard.state_dict(),
+                "average": self.average.state_dict() if self.average is not None else {},
+                "config": self.config.to_dict(),
             },
         )
 
-    if procs.main and progress and procs.distributed:
-        print(
-            f"{procs.world} processes × batch {config.batch_size} = "
-            f"global batch {procs.world * config.batch_size}"
-            + ("" if siamese else " (pairs' worth of single scans)")
+    def _load(self, path: Path) -> dict[str, Any]:
+        state = load_checkpoint(path)
+        _check_resumable(state, self.spec, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            if not state.get("average"):
+                raise AidnetError(f"{path}: saved without the weight average this run uses")
+            self.average.load_state_dict(state["average"])
+        self.guard.load_state_dict(state.get("guard") or {})
+        return state
+
+    def _save_best(self, epoch: int, val_auc: float) -> None:
+        scored = self.average.module if self.average is not None else self.model
+        save_checkpoint(
+            self.out / "best.pt",
+            {
+                "model": cpu_weights(scored),
+                "model_spec": self.spec,
+                "epoch": epoch,
+                "weights": "average" if self.average is not None else "last step",
+                "val_auc": val_auc,
+                "config": self.config.to_dict(),
+            },
         )
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, epoch)
-        model.train()
-        train_set.set_epoch(epoch)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def fit(self, resume: bool) -> Path:
+        from aidnet.training.logs import TrainLog
+
+        config, procs = self.config, self.procs
+        if resume and self.last.exists():
+            self.state = TrainState.from_dict(self._load(self.last), config.epochs)
+        if procs.main and not self.good.exists():
+            self._save(self.good)  # the guard's first place to go back to
+        self.log = TrainLog(self.out, enabled=procs.main)
+        if procs.main and self.progress and procs.distributed:
+            print(
+                f"{procs.world} processes × batch {config.batch_size} = "
+                f"global batch {procs.world * config.batch_size}"
+                + ("" if self.siamese else " (pairs' worth of single scans)")
+            )
+        while self.state.next_epoch < config.epochs:
+            epoch = self.state.next_epoch
+            t0 = time.perf_counter()
+            event = self._train_epoch(epoch)
+            where = f"epoch {epoch + 1} step {self.state.next_step + 1}"
+            if event is None:
+                event = self._end_epoch(epoch, t0)
+                where = f"epoch {epoch + 1} validation"
+            if event is not None:
+                self._recover(where, event)
+            procs.barrier()
+        self.log.close()
+        if procs.main and not self.state.best_live:
+            print(
+                f"warning: {self.out}: the selected model's calcium map is zero on every "
+                "CAC-positive validation scan (its heat maps will be empty); train again with "
+                "another --seed",
+                file=sys.stderr,
+            )
+        return self.out / "best.pt"
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        from aidnet.training.batches import epoch_batches
+
         try:
-            batches = epoch_batches(
-                len(train_set),
-                scans_per_pair * config.batch_size,
-                seed=config.seed,
+            return epoch_batches(
+                len(self.train_set),
+                self.scans_per_pair * self.config.batch_size,
+                seed=self.config.seed,
                 epoch=epoch,
-                world=procs.world,
-                rank=procs.rank,
+                world=self.procs.world,
+                rank=self.procs.rank,
             )
         except ValueError as exc:
-            raise AidnetError(f"{manifest}: {exc}") from None
-        first = start_step if epoch == start_epoch else 0
+            raise AidnetError(f"{self.manifest}: {exc}") from None
+
+    def _train_epoch(self, epoch: int) -> GuardEvent | None:
+        """The epoch's training steps from ``state.next_step``; the guard's event or None."""
+        from tqdm import tqdm
+
+        config, state = self.config, self.state
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch, state.lr_scale)
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        batches = self._batches(epoch)
+        self.epoch_steps = len(batches)
+        first = state.next_step
         if first == 0:
-            totals = dict.fromkeys(LOSS_PARTS, 0.0)
-            grad_max = 0.0
+            state.totals = dict.fromkeys(LOSS_PARTS, 0.0)
+            state.grad_max = 0.0
         loader = DataLoader(
-            train_set, batch_sampler=batches[first:], num_workers=config.num_workers
+            self.train_set, batch_sampler=batches[first:], num_workers=config.num_workers
         )
         bar = tqdm(
             loader,
@@ -415,94 +532,138 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
             total=len(batches),
             initial=first,
             leave=False,
-            disable=not (progress and procs.main),
+            disable=not (self.progress and self.procs.main),
         )
         saved_at = time.monotonic()
-        for step, batch in enumerate(bar, start=first):
-            torch.manual_seed(step_seed(config.seed, epoch, step, procs.rank))
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype is not None
-            ):
-                if siamese:
-                    x1, x2, y1, y2 = (t.to(dev, non_blocking=True) for t in batch)
-                    o1, o2 = net(x1, x2)
-                    maps = penalty_maps(model, o1, o2)
-                    loss, parts = pair_loss(o1.logits.float(), o2.logits.float(), y1, y2, *maps)
-                else:
-                    x, y, _ = (t.to(dev, non_blocking=True) for t in batch)
-                    loss = ce(net(x)[0].logits.float(), y)
-                    parts = {"ce": float(loss.detach())}
-            if not bool(torch.isfinite(loss.detach())):
-                raise AidnetError(
-                    f"{out}: training diverged (loss is {float(loss.detach())}) at epoch "
-                    f"{epoch + 1}"
-                )
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # true gradients for the norm (a no-op without scaling)
-            clip = config.grad_clip if config.grad_clip > 0 else math.inf
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            grad_max = max(grad_max, norm) if math.isfinite(norm) else grad_max
-            scaler.step(optimizer)
-            scaler.update()
-            if average is not None:
-                average.update(model)
-            totals["loss"] += float(loss.detach())
-            for key in LOSS_PARTS[1:]:
-                totals[key] += float(parts.get(key, 0.0))
-            done = step + 1
-            bar.set_postfix(loss=f"{totals['loss'] / done:.3f}")
-            log.step(epoch * len(batches) + step, float(loss.detach()))
-            due = (
-                config.checkpoint_steps > 0 and done % config.checkpoint_steps == 0
-            ) or time.monotonic() - saved_at > 60 * config.checkpoint_minutes
-            if due and done < len(batches):
-                if procs.main:
-                    checkpoint(epoch, done)
-                saved_at = time.monotonic()
-        bar.close()
-        steps = max(len(batches), 1)
-        improved, val_auc, val_acc, live = False, float("nan"), float("nan"), float("nan")
+        try:
+            for step, batch in enumerate(bar, start=first):
+                event = self._step(batch, epoch, step)
+                if event is not None:
+                    return event
+                done = step + 1
+                state.next_step = done
+                bar.set_postfix(loss=f"{state.totals['loss'] / done:.3f}")
+                due = (
+                    config.checkpoint_steps > 0 and done % config.checkpoint_steps == 0
+                ) or time.monotonic() - saved_at > 60 * config.checkpoint_minutes
+                if due and done < len(batches):
+                    if self.procs.main:
+                        self._save(self.last)
+                    saved_at = time.monotonic()
+        finally:
+            bar.close()
+        return None
+
+    def _forward_loss(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One batch's loss and, for the guard and the log, its parts and the counts of
+        CAC-positive scans with a live and with a dead calcium map."""
+        zero = torch.zeros((), device=self.dev)
+        with torch.autocast(
+            device_type=self.dev.type, dtype=self.amp, enabled=self.amp is not None
+        ):
+            if self.siamese:
+                x1, x2, y1, y2 = (t.to(self.dev, non_blocking=True) for t in batch)
+                o1, o2 = self.net(x1, x2)
+                maps = (o1.features, o2.features) if self.calcium else (None, None)
+                loss, parts = self.pair_loss(o1.logits.float(), o2.logits.float(), y1, y2, *maps)
+                values = [parts["ce"], parts["contrastive"], parts["negative"]]
+                labels, features = torch.cat([y1, y2]), torch.cat([o1.features, o2.features])
+            else:
+                x, labels, _ = (t.to(self.dev, non_blocking=True) for t in batch)
+                out = self.net(x)[0]
+                loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+                values = [loss.detach(), zero, zero]
+                features = out.features
+        live, dead = zero, zero
+        if self.calcium:
+            positive = labels > 0
+            has = features.detach().flatten(1).float().sum(1) > 0
+            live = (positive & has).sum().float()
+            dead = (positive & ~has).sum().float()
+        return loss, [loss.detach(), *values, live, dead]
+
+    def _step(self, batch, epoch: int, step: int) -> GuardEvent | None:
+        """One training step; the update is applied unless the guard finds it wrong."""
+        from aidnet.training.batches import step_seed
+
+        config, state = self.config, self.state
+        torch.manual_seed(step_seed(config.seed, epoch, step, self.procs.rank))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, values = self._forward_loss(batch)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op unscaled)
+        clip = config.grad_clip if config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        # the step's one synchronisation: the loss parts, the live/dead map counts and the
+        # gradient norm (the same on every process), summed over the processes
+        stats = self.procs.all_sum(torch.stack([*(v.float() for v in values), norm.float()]))
+        world = self.procs.world
+        loss_v, ce, contrastive, negative, live, dead, norm_v = stats.tolist()
+        loss_v, ce, contrastive, negative, norm_v = (
+            v / world for v in (loss_v, ce, contrastive, negative, norm_v)
+        )
+        # with float16 loss scaling an overflowing gradient is the scaler's to skip
+        event = self.guard.step(
+            loss_v, norm_v if not self.scaler.is_enabled() else 0.0, int(live), int(dead)
+        )
+        if event is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return event
+        state.grad_max = max(state.grad_max, norm_v) if math.isfinite(norm_v) else state.grad_max
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
+        for key, value in zip(LOSS_PARTS, (loss_v, ce, contrastive, negative), strict=True):
+            state.totals[key] += value
+        self.log.step(epoch * self.epoch_steps + step, loss_v)
+        return None
+
+    def _end_epoch(self, epoch: int, t0: float) -> GuardEvent | None:
+        """Validation, model selection, checkpoints and the log row of a finished epoch; a
+        guard event when validation finds the calcium map dead after it was alive."""
+        config, state, procs = self.config, self.state, self.procs
+        steps = max(self.epoch_steps, 1)
+        val_auc, val_acc, live = float("nan"), float("nan"), float("nan")
+        improved, event = False, None
         if procs.main:
-            scored = average.module if average is not None else model
+            scored = self.average.module if self.average is not None else self.model
             val_auc, val_acc, live = validation_scores(
-                scored, data.items["val"], config, dev, amp_dtype
+                scored, self.data.items["val"], config, self.dev, self.amp
             )
+            if live == 0.0 and state.live_seen:
+                event = GuardEvent(
+                    "dead map", "calcium map zero on every CAC-positive validation scan"
+                )
+        event = procs.from_main(event)
+        if event is not None:
+            return event
+        if procs.main:
+            state.live_seen = state.live_seen or live > 0
             score = val_auc if np.isfinite(val_auc) else (val_acc if np.isfinite(val_acc) else 0.0)
             alive = live != 0.0
-            # AUCs equal as rank statistics can differ in the last bits of their floating-point
-            # sums: such a tie keeps the earlier epoch on every machine
-            improved = (selectable(config, epoch), alive, round(score, 9)) > (
-                selectable(config, best_epoch),
-                best_live,
-                round(best_auc, 9),
-            )
+            best = (state.best_epoch, state.best_live, state.best_auc)
+            improved = is_better(config, epoch, alive, score, best)
             if improved:
-                best_auc, best_live, best_epoch = score, alive, epoch
-                save_checkpoint(
-                    out / "best.pt",
-                    {
-                        "model": cpu_weights(scored),
-                        "model_spec": spec,
-                        "epoch": epoch,
-                        "weights": "average" if average is not None else "last step",
-                        "val_auc": val_auc,
-                        "config": config.to_dict(),
-                    },
-                )
-            checkpoint(epoch + 1, 0)
+                state.best_auc, state.best_live, state.best_epoch = score, alive, epoch
+                self._save_best(epoch, val_auc)
+        self.guard.epoch_done(state.totals["loss"] / steps)
+        state.next_epoch, state.next_step = epoch + 1, 0
+        if procs.main:
+            self._save(self.last)
+            self._save(self.good)
             row = {
                 "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{k: totals[k] / steps for k in LOSS_PARTS},
-                "grad_norm_max": grad_max,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                **{k: state.totals[k] / steps for k in LOSS_PARTS},
+                "grad_norm_max": state.grad_max,
                 "val_auc": val_auc,
                 "val_accuracy": val_acc,
                 "val_map_live": live,
                 "seconds": time.perf_counter() - t0,
             }
-            log.epoch(row)
-            if progress:
+            self.log.epoch(row)
+            if self.progress:
                 print(
                     f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}  "
                     f"val AUC {val_auc:.3f}  val acc {val_acc:.3f}"
@@ -510,12 +671,44 @@ def _fit(config, data, manifest, out, model, net, procs, dev, resume, progress) 
                     + f"  ({row['seconds']:.1f} s)"
                     + ("  *best*" if improved else "")
                 )
-        procs.barrier()
-    log.close()
-    if procs.main and not best_live:
-        print(
-            f"warning: {out}: the selected model's calcium map is zero on every CAC-positive "
-            "validation scan (its heat maps will be empty); train again with another --seed",
-            file=sys.stderr,
+        return None
+
+    def _recover(self, where: str, event: GuardEvent) -> None:
+        """Back to ``good.pt`` with the learning rate halved, or stop once the recoveries are
+        spent; either way one line on the terminal and in ``RUN/guard.log``."""
+        config, state = self.config, self.state
+        if state.recoveries >= config.guard_recoveries:
+            best = (
+                f"best.pt holds epoch {state.best_epoch + 1}"
+                if state.best_epoch >= 0
+                else "no epoch was selected"
+            )
+            message = (
+                f"{self.out}: training stopped at {where}: {event}, after "
+                f"{state.recoveries} recoveries; {best}. Try a lower --lr or --grad-clip"
+            )
+            self._note(f"stop at {where}: {event}")
+            raise AidnetError(message)
+        kept = (state.best_auc, state.best_live, state.best_epoch)
+        self._load(self.good)  # the weights, optimiser and guard of the last good epoch end
+        good = load_checkpoint(self.good)
+        state.next_epoch, state.next_step = int(good["next_epoch"]), 0
+        state.best_auc, state.best_live, state.best_epoch = kept  # best.pt on disk stays
+        state.lr_scale *= 0.5
+        state.recoveries += 1
+        state.totals = dict.fromkeys(LOSS_PARTS, 0.0)
+        self.guard.reset()
+        back = f"epoch {state.next_epoch}'s end" if state.next_epoch else "the start"
+        self._note(
+            f"guard: {where}: {event}; back to {back} with the learning rate x{state.lr_scale:g} "
+            f"(recovery {state.recoveries} of {config.guard_recoveries})"
         )
-    return out / "best.pt"
+        if self.procs.main:
+            self._save(self.last)  # a resume continues from here, not from before the event
+
+    def _note(self, line: str) -> None:
+        if not self.procs.main:
+            return
+        print(line, file=sys.stderr)
+        with (self.out / "guard.log").open("a") as fh:
+            fh.write(line + "\n")
