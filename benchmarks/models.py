@@ -1,11 +1,11 @@
 """The networks at the paper's input size (2 × 64 × 128 × 192): training and inference cost.
 
-For AID-Net (the ``paper`` preset's widths and head, and with the stage head), ResNet-101 and
-DenseNet-121 (MONAI), each in a fresh spawned process (so peak memory is that model's alone),
-on this machine's CPU threads:
+For AID-Net (the ``full`` preset's, calcium head, and the ``paper`` preset's, stage head),
+ResNet-101 and DenseNet-121 (MONAI), each in a fresh spawned process (so peak memory is that
+model's alone), on this machine's CPU threads:
 
 - one training step for one pair: forward and backward of both scans and the Adam step (for the
-  Siamese AID-Net, the pair through the shared encoder with the ``paper`` preset's pair loss,
+  Siamese AID-Net, the pair through the shared encoder with its preset's pair loss,
   the negative-evidence penalty included where the head has a calcium map, on a CAC-negative
   pair so that the penalty is computed; for the single-scan baselines, the two scans as a batch
   of two with cross-entropy);
@@ -32,7 +32,8 @@ from pathlib import Path
 from benchmarks.preprocess import _status_mib
 
 PAPER_SIZE = (64, 128, 192)
-MODELS = ("aidnet", "aidnet-stage", "resnet101", "densenet121")  # "-stage": AID-Net, stage head
+# "aidnet": the `full` preset's AID-Net (calcium head); "aidnet-stage": the `paper` preset's
+MODELS = ("aidnet", "aidnet-stage", "resnet101", "densenet121")
 
 
 def _step_functions(
@@ -45,14 +46,14 @@ def _step_functions(
     from aidnet.models import build_model
 
     torch.manual_seed(0)
-    paper = load_config("paper")
     model_name, _, head = name.partition("-")
+    preset = load_config("paper" if head == "stage" else "full")
     model = build_model(
         model_name,
         num_classes=3,
-        features=paper.features,
-        dropout=paper.dropout,
-        head=head or paper.head,
+        features=preset.features,
+        dropout=preset.dropout,
+        head=preset.head,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scan = torch.rand(pairs, 2, *PAPER_SIZE, device=device)
@@ -60,7 +61,7 @@ def _step_functions(
     # class 0: the negative-evidence penalty acts on CAC-negative scans only, so this is the
     # training step at its dearest (for the cross-entropy the class makes no difference)
     labels = torch.zeros((pairs,), dtype=torch.long, device=device)
-    pair_loss = PairLoss(paper.lambda_, paper.margin, negative=paper.negative_evidence)
+    pair_loss = PairLoss(preset.lambda_, preset.margin, negative=preset.negative_evidence)
     dtype = torch.bfloat16 if amp else None
 
     def train_pair() -> None:
@@ -170,7 +171,7 @@ def bench_models(repeats: int) -> dict:
     from aidnet.config import load_config
     from aidnet.training.precision import cpu_has_native_bf16
 
-    paper = load_config("paper")
+    full = load_config("full")
     repeats = max(repeats, 5)
     results = {name: _in_child(name, repeats) for name in MODELS}
     # the same AID-Net step without the negative-evidence penalty: what the penalty costs
@@ -190,9 +191,9 @@ def bench_models(repeats: int) -> dict:
         )
     return {
         "input_size": list(PAPER_SIZE),
-        "aidnet_features": list(paper.features),
+        "aidnet_features": list(full.features),
         "models": results,
-        "aidnet_head": paper.head,
+        "aidnet_head": full.head,
         "aidnet_train_ratio_to_stage_head": results["aidnet"]["train_pair_s"]["median"]
         / results["aidnet-stage"]["train_pair_s"]["median"],
         "aidnet_infer_ratio_to_stage_head": results["aidnet"]["infer_scan_s"]["median"]
