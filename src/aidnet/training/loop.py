@@ -270,6 +270,8 @@ def train(
             for key, error in data.failures.items():
                 print(f"skipped {key}: {error}")
         torch.manual_seed(config.seed)
+        if dev.type == "cuda":  # one input size for the whole run: let cuDNN pick its kernels
+            torch.backends.cudnn.benchmark = True
         model: Any = build_model(
             config.model,
             in_channels=2,
