@@ -477,3 +477,17 @@ def test_cpu_inference_stays_float32_unless_bf16_is_asked_for():
     expected = torch.bfloat16 if cpu_has_native_bf16() else None
     assert autocast_dtype(cpu, trained_amp=False, bf16=True) == expected
     assert precision_name(None) == "float32" and precision_name(torch.bfloat16) == "bfloat16"
+
+
+def test_train_refuses_a_bad_device_or_learning_rate_in_one_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject,visit,path,agatston\n")
+    for flags, expected in (
+        (["--device", "banana"], "--device 'banana': not a device"),
+        (["--lr", "0"], "lr must be > 0"),
+    ):
+        result = CliRunner().invoke(
+            app, ["train", "--manifest", str(manifest), "--out", str(tmp_path / "run"), *flags]
+        )
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert expected in result.output and not (tmp_path / "run").exists()

@@ -78,6 +78,10 @@ def test_same_seed_same_weights(cohort, cache, tmp_path):
     for name in ("a", "b"):
         train(config, cohort, tmp_path / name, cache_dir=cache, progress=False)
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    from aidnet.data.cache import recorded_cache_dir
+
+    # evaluate/explain of the run find the cache its training filled
+    assert recorded_cache_dir(tmp_path / "a") == cache
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])

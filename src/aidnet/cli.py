@@ -223,6 +223,9 @@ def train(
         "--cpu-amp/--no-cpu-amp",
         help="bfloat16 autocast on CPUs: about 2x faster where the CPU has native bfloat16.",
     ),
+    lr: float | None = typer.Option(
+        None, "--lr", min=0.0, help="Peak learning rate (the preset's by default)."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Pairs (or scans) per step and per process."
@@ -253,6 +256,7 @@ def train(
                 "--grad-clip": ("grad_clip", grad_clip),
                 "--select-from": ("select_from", select_from),
                 "--cpu-amp": ("cpu_amp", cpu_amp),
+                "--lr": ("lr", lr),
                 "--batch-size": ("batch_size", batch_size),
                 "--seed": ("seed", seed),
             },
@@ -269,10 +273,15 @@ def train(
         grad_clip=grad_clip,
         select_from=select_from,
         cpu_amp=cpu_amp,
+        lr=lr,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
     )
+    if device is not None:  # a device this machine lacks is one line, before any work
+        from aidnet.pipeline.device import resolve_device
+
+        resolve_device(device)
     best = run_training(
         config,
         manifest,

@@ -105,6 +105,8 @@ class Config:
             raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if self.checkpoint_minutes <= 0 or self.checkpoint_steps < 0:
             raise AidnetError("checkpoint_minutes must be > 0 and checkpoint_steps >= 0")
+        if not self.lr > 0:
+            raise AidnetError(f"lr must be > 0, not {self.lr}")
         if self.guard_recoveries < 0:
             raise AidnetError(f"guard_recoveries must be >= 0, not {self.guard_recoveries}")
         if self.epochs < 1 or self.batch_size < 1:

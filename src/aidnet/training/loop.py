@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aidnet.config import Config, read_saved_config, save_config
-from aidnet.data.cache import preprocess_cohort
+from aidnet.data.cache import preprocess_cohort, record_cache_dir
 from aidnet.data.datasets import Item, PairDataset, ScanDataset, make_pairs
 from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_given_splits, read_splits, split_subjects, write_splits
@@ -263,6 +263,8 @@ def train(
                 write=main,
                 splits=splits,
             )
+            if main:  # evaluate/explain of this run find its cache
+                record_cache_dir(out, cache_dir or out / "cache")
             return cfg, data
 
         config, data = procs.main_first(setup)
