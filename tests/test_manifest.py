@@ -127,6 +127,17 @@ def test_paper_preset_matches_the_paper():
     config = load_config("paper")
     assert config.input_size == (64, 128, 192)
     assert (config.lr, config.batch_size, config.epochs, config.lambda_) == (1e-4, 2, 100, 0.001)
+    # nothing added: the last stage's map, no penalty, no clipping, no schedule, no window
+    assert (config.model, config.head, config.strategy) == ("aidnet", "stage", 2)
+    assert (config.negative_evidence, config.grad_clip, config.select_from) == (0.0, 0.0, 0.0)
+    assert (config.lr_schedule, config.augment, config.dropout) == ("constant", False, 0.0)
+
+
+def test_full_preset_is_ours_at_the_papers_size():
+    full, paper = load_config("full"), load_config("paper")
+    assert full.input_size == paper.input_size and full.features == paper.features
+    assert (full.head, full.evidence_norm) == ("calcium", "fixed")
+    assert full.negative_evidence > 0 and full.grad_clip > 0 and full.epochs == 100
 
 
 def test_overrides_and_bad_config(tmp_path):
