@@ -612,6 +612,8 @@ class Trainer:
         )
         if event is not None:
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():  # close the scaler's step (unscale_ was called)
+                self.scaler.update()
             return event
         state.grad_max = max(state.grad_max, norm_v) if math.isfinite(norm_v) else state.grad_max
         self.scaler.step(self.optimizer)
