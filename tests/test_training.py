@@ -84,6 +84,15 @@ def test_same_seed_same_weights(cohort, cache, tmp_path):
     assert recorded_cache_dir(tmp_path / "a") == cache
 
 
+def test_loader_workers_that_outlive_an_epoch_train_the_same_weights(cohort, cache, tmp_path):
+    """One DataLoader serves the whole run; with worker processes each batch carries its
+    epoch, so the shifts (augmentation) of epoch 2 are epoch 2's, as without workers."""
+    for workers in (0, 2):
+        config = load_config("tiny", epochs=2, max_shift=2, num_workers=workers, **TINY)
+        train(config, cohort, tmp_path / str(workers), cache_dir=cache, progress=False)
+    assert_same_weights(weights(tmp_path / "0"), weights(tmp_path / "2"))
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_killed_mid_epoch_resume_gives_the_same_weights(
     cohort, cache, tmp_path, monkeypatch, ema_decay

@@ -65,6 +65,13 @@ class _Base(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _key(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        """(epoch, index) of a key: an index (of the epoch set by :meth:`set_epoch`) or an
+        (epoch, index) pair, which reaches loader workers that outlive an epoch."""
+        if isinstance(key, tuple):
+            return int(key[0]), int(key[1])
+        return self.epoch, int(key)
+
     def _load(self, item: Item, rng: np.random.Generator | None) -> torch.Tensor:
         image = torch.from_numpy(load_cached(item.cache).image)
         if rng is not None and self.max_shift > 0:
@@ -72,10 +79,10 @@ class _Base(Dataset):
             image = shift(image, (int(offsets[0]), int(offsets[1]), int(offsets[2])))
         return image
 
-    def _rng(self, index: int) -> np.random.Generator | None:
+    def _rng(self, epoch: int, index: int) -> np.random.Generator | None:
         if self.max_shift <= 0:
             return None
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, epoch, index])
 
 
 class PairDataset(_Base):
@@ -88,9 +95,10 @@ class PairDataset(_Base):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = self._key(key)
         a, b = self.pairs[index]
-        rng = self._rng(index)
+        rng = self._rng(epoch, index)
         if rng is not None and rng.random() < 0.5:
             a, b = b, a
         return (
@@ -112,8 +120,9 @@ class ScanDataset(_Base):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = self._key(key)
         item = self.items[index]
-        image = self._load(item, self._rng(index))
+        image = self._load(item, self._rng(epoch, index))
         target = target_of(item.record, self.num_classes) if self.with_target else -1
         return image, target, index

@@ -39,3 +39,17 @@ def epoch_batches(
 def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     """The torch seed of one training step (dropout): resuming after any step reproduces it."""
     return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
+
+
+class BatchList:
+    """A batch sampler whose batches the training loop sets before each epoch (one DataLoader,
+    and its workers, for the whole run)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

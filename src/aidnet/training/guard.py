@@ -2,7 +2,7 @@
 
 Three things are watched, step by step:
 
-- a non-finite loss or gradient norm (that step's update is never applied);
+- a non-finite loss or gradient norm;
 - a loss jump: the mean loss of the last ``window`` steps at least twice the lowest epoch mean
   of the run so far and above it by more than the loss of a chance-level guess on one scan
   (``ln C``), so an overfitted run's noise near zero loss is no jump;

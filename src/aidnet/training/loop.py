@@ -24,6 +24,7 @@ from aidnet.data.splits import read_given_splits, read_splits, split_subjects, w
 from aidnet.errors import AidnetError
 from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
+from aidnet.training.batches import BatchList
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
 from aidnet.training.guard import Guard, GuardEvent
 from aidnet.training.logs import LOSS_PARTS
@@ -413,6 +414,18 @@ class Trainer:
         self.state = TrainState()
         self.last, self.good = out / "last.pt", out / "good.pt"
         self.epoch_steps = 0
+        self.event_step = 0  # the step of the guard's last event
+        # one loader for the whole run (workers that outlive an epoch); each epoch sets the
+        # sampler's batches of (epoch, index) keys
+        self.sampler = BatchList()
+        workers = config.num_workers
+        self.loader = DataLoader(
+            self.train_set,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=dev.type == "cuda",
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -480,7 +493,7 @@ class Trainer:
             epoch = self.state.next_epoch
             t0 = time.perf_counter()
             event = self._train_epoch(epoch)
-            where = f"epoch {epoch + 1} step {self.state.next_step + 1}"
+            where = f"epoch {epoch + 1} step {self.event_step + 1}"
             if event is None:
                 event = self._end_epoch(epoch, t0)
                 where = f"epoch {epoch + 1} validation"
@@ -513,7 +526,12 @@ class Trainer:
             raise AidnetError(f"{self.manifest}: {exc}") from None
 
     def _train_epoch(self, epoch: int) -> GuardEvent | None:
-        """The epoch's training steps from ``state.next_step``; the guard's event or None."""
+        """The epoch's training steps from ``state.next_step``; the guard's event or None.
+
+        A step's figures are read (the step's one synchronisation) only after the next step
+        has been queued, so a GPU never waits for the guard: a wrong step is caught one step
+        late, and the recovery goes back to ``good.pt`` either way. Before a mid-epoch
+        checkpoint every step taken has been checked."""
         from tqdm import tqdm
 
         config, state = self.config, self.state
@@ -527,11 +545,9 @@ class Trainer:
         if first == 0:
             state.totals = dict.fromkeys(LOSS_PARTS, 0.0)
             state.grad_max = 0.0
-        loader = DataLoader(
-            self.train_set, batch_sampler=batches[first:], num_workers=config.num_workers
-        )
+        self.sampler.batches = [[(epoch, i) for i in b] for b in batches[first:]]
         bar = tqdm(
-            loader,
+            self.loader,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             total=len(batches),
             initial=first,
@@ -539,32 +555,37 @@ class Trainer:
             disable=not (self.progress and self.procs.main),
         )
         saved_at = time.monotonic()
+        pending: tuple[int, torch.Tensor] | None = None
         try:
             for step, batch in enumerate(bar, start=first):
-                event = self._step(batch, epoch, step)
-                if event is not None:
+                stats = self._step(batch, epoch, step)
+                if pending is not None and (event := self._check(epoch, *pending)):
                     return event
+                pending = (step, stats)
                 done = step + 1
                 state.next_step = done
-                bar.set_postfix(loss=f"{state.totals['loss'] / done:.3f}")
+                if done > 1:
+                    bar.set_postfix(loss=f"{state.totals['loss'] / (done - 1):.3f}")
                 due = (
                     config.checkpoint_steps > 0 and done % config.checkpoint_steps == 0
                 ) or time.monotonic() - saved_at > 60 * config.checkpoint_minutes
                 if due and done < len(batches):
+                    if event := self._check(epoch, *pending):
+                        return event
+                    pending = None
                     if self.procs.main:
                         self._save(self.last)
                     saved_at = time.monotonic()
         finally:
             bar.close()
-        return None
+        return self._check(epoch, *pending) if pending is not None else None
 
     def _forward_loss(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One batch's loss and, for the guard and the log, its parts and the counts of
         CAC-positive scans with a live and with a dead calcium map."""
         zero = torch.zeros((), device=self.dev)
-        with torch.autocast(
-            device_type=self.dev.type, dtype=self.amp, enabled=self.amp is not None
-        ):
+        amp = self.amp
+        with torch.autocast(device_type=self.dev.type, dtype=amp, enabled=amp is not None):
             if self.siamese:
                 x1, x2, y1, y2 = (t.to(self.dev, non_blocking=True) for t in batch)
                 o1, o2 = self.net(x1, x2)
@@ -586,11 +607,13 @@ class Trainer:
             dead = (positive & ~has).sum().float()
         return loss, [loss.detach(), *values, live, dead]
 
-    def _step(self, batch, epoch: int, step: int) -> GuardEvent | None:
-        """One training step; the update is applied unless the guard finds it wrong."""
+    def _step(self, batch, epoch: int, step: int) -> torch.Tensor:
+        """One training step, queued without waiting for the device; returns its figures (the
+        loss and its parts, the live/dead map counts, the gradient norm) as one tensor on the
+        device, summed over the processes, for :meth:`_check`."""
         from aidnet.training.batches import step_seed
 
-        config, state = self.config, self.state
+        config = self.config
         torch.manual_seed(step_seed(config.seed, epoch, step, self.procs.rank))
         self.optimizer.zero_grad(set_to_none=True)
         loss, values = self._forward_loss(batch)
@@ -598,31 +621,31 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op unscaled)
         clip = config.grad_clip if config.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        # the step's one synchronisation: the loss parts, the live/dead map counts and the
-        # gradient norm (the same on every process), summed over the processes
-        stats = self.procs.all_sum(torch.stack([*(v.float() for v in values), norm.float()]))
-        world = self.procs.world
-        loss_v, ce, contrastive, negative, live, dead, norm_v = stats.tolist()
-        loss_v, ce, contrastive, negative, norm_v = (
-            v / world for v in (loss_v, ce, contrastive, negative, norm_v)
-        )
-        # with float16 loss scaling an overflowing gradient is the scaler's to skip
-        event = self.guard.step(
-            loss_v, norm_v if not self.scaler.is_enabled() else 0.0, int(live), int(dead)
-        )
-        if event is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler.is_enabled():  # close the scaler's step (unscale_ was called)
-                self.scaler.update()
-            return event
-        state.grad_max = max(state.grad_max, norm_v) if math.isfinite(norm_v) else state.grad_max
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.average is not None:
             self.average.update(self.model)
-        for key, value in zip(LOSS_PARTS, (loss_v, ce, contrastive, negative), strict=True):
+        return self.procs.all_sum(torch.stack([*(v.float() for v in values), norm.float()]))
+
+    def _check(self, epoch: int, step: int, stats: torch.Tensor) -> GuardEvent | None:
+        """Read one step's figures: the guard's verdict, the epoch's totals and the log."""
+        world = self.procs.world
+        loss, ce, contrastive, negative, live, dead, norm = stats.tolist()
+        loss, ce, contrastive, negative, norm = (
+            v / world for v in (loss, ce, contrastive, negative, norm)
+        )
+        # with float16 loss scaling an overflowing gradient is the scaler's to skip
+        event = self.guard.step(
+            loss, norm if not self.scaler.is_enabled() else 0.0, int(live), int(dead)
+        )
+        if event is not None:
+            self.event_step = step
+            return event
+        state = self.state
+        state.grad_max = max(state.grad_max, norm) if math.isfinite(norm) else state.grad_max
+        for key, value in zip(LOSS_PARTS, (loss, ce, contrastive, negative), strict=True):
             state.totals[key] += value
-        self.log.step(epoch * self.epoch_steps + step, loss_v)
+        self.log.step(epoch * self.epoch_steps + step, loss)
         return None
 
     def _end_epoch(self, epoch: int, t0: float) -> GuardEvent | None:
