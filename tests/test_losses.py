@@ -93,3 +93,37 @@ def test_pair_loss_adds_the_weighted_negative_evidence_of_both_paths():
     assert float(total) == pytest.approx(float(plain + 0.1 * both))
     off, parts = PairLoss(lambda_=0.001, negative=0.0)(l1, l2, y1, y2, m1, m2)
     assert torch.equal(off, plain) and float(parts["negative"]) == pytest.approx(float(both))
+
+
+def test_relative_negative_evidence_cannot_be_lowered_by_a_fading_map():
+    """The absolute penalty falls when every map fades by a common factor (what killed the
+    calcium map); the relative one does not, and it falls when the negatives' maps fade
+    against the positives'."""
+    from aidnet.losses import relative_negative_evidence
+
+    torch.manual_seed(0)
+    maps = torch.rand(4, 2, 4, 4, 4) * 100
+    labels = torch.tensor([0, 1, 0, 2])
+    for scale in (0.1, 0.01):
+        faded = maps * scale
+        assert float(negative_evidence(faded, labels)) < float(negative_evidence(maps, labels))
+        assert float(relative_negative_evidence(faded, labels)) == pytest.approx(
+            float(relative_negative_evidence(maps, labels)), rel=0.02
+        )
+    quieter = maps.clone()
+    quieter[labels == 0] *= 0.1  # less on the negatives than on the positives
+    assert float(relative_negative_evidence(quieter, labels)) < 0.5 * float(
+        relative_negative_evidence(maps, labels)
+    )
+    # a batch without positives, or without negatives, has nothing to compare
+    assert float(relative_negative_evidence(maps, torch.zeros(4, dtype=torch.long))) == 0.0
+    assert float(relative_negative_evidence(maps, torch.ones(4, dtype=torch.long))) == 0.0
+    # in the pair loss: both paths together, weighted by beta
+    l1, l2 = torch.randn(2, 3), torch.randn(2, 3)
+    y1, y2 = labels[:2], labels[2:]
+    total, parts = PairLoss(lambda_=0.0, negative=0.5, relative=True)(
+        l1, l2, y1, y2, maps[:2], maps[2:]
+    )
+    expected = F.cross_entropy(l1, y1) + F.cross_entropy(l2, y2)
+    expected = expected + 0.5 * relative_negative_evidence(maps, labels)
+    assert float(total) == pytest.approx(float(expected))

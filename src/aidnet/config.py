@@ -33,6 +33,9 @@ class Config:
     margin: float = 1.0
     # weight of the evidence penalty on CAC-negative scans (calcium head only; losses.py)
     negative_evidence: float = 0.0
+    # that penalty on the negatives' evidence itself ("absolute") or on how far it exceeds the
+    # batch's CAC-positive scans' ("relative": a fading map does not lower it)
+    negative_mode: str = "absolute"
     # calcium head: normalise the evidence in training with the batch's statistics ("batch",
     # BatchNorm), with running ones ("running", batch-independent) or with those of the first
     # batch for the whole run ("fixed": the map's scale counts; models/heads.py)
@@ -107,6 +110,10 @@ class Config:
             raise AidnetError("checkpoint_minutes must be > 0 and checkpoint_steps >= 0")
         if not self.lr > 0:
             raise AidnetError(f"lr must be > 0, not {self.lr}")
+        if self.negative_mode not in ("absolute", "relative"):
+            raise AidnetError(
+                f"negative_mode must be absolute or relative, not {self.negative_mode}"
+            )
         if self.guard_recoveries < 0:
             raise AidnetError(f"guard_recoveries must be >= 0, not {self.guard_recoveries}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -40,6 +40,27 @@ def negative_evidence(maps: Tensor, labels: Tensor) -> Tensor:
     return (evidence * negative).sum() / negative.sum().clamp(min=1)
 
 
+def relative_negative_evidence(maps: Tensor, labels: Tensor) -> Tensor:
+    """Calcium-map evidence of the CAC-negative scans measured against the CAC-positive scans
+    of the same batch: ``mean_k softplus(log(1 + Σ map_k) − mean over positives of the same)``
+    per negative scan, averaged over them (0 when the batch lacks either kind).
+
+    Unlike :func:`negative_evidence` it does not fall when the whole map fades: a common
+    factor on the map is a common shift of every log evidence and cancels in the difference.
+    So it cannot shrink the map for free, the force that killed the calcium map under the
+    batch-normalised classifier (docs/training.md); it only asks the map to hold less on what
+    a CAC-negative scan has (bone, aorta, valves) than on what a CAC-positive one has.
+    """
+    evidence = torch.log1p(maps.float().clamp(min=0).flatten(2).sum(dim=2))  # B×K
+    negative = (labels == 0).to(evidence.dtype)
+    positive = 1 - negative
+    # no branch on the labels' values: nothing here waits for the device
+    reference = (evidence * positive[:, None]).sum(0) / positive.sum().clamp(min=1)
+    per_scan = F.softplus(evidence - reference).mean(dim=1)
+    both = (negative.sum() > 0) & (positive.sum() > 0)
+    return (per_scan * negative).sum() / negative.sum().clamp(min=1) * both
+
+
 def penalty_maps(model: Any, out1: Any, out2: Any) -> tuple[Tensor | None, Tensor | None]:
     """The two paths' maps for :func:`negative_evidence`: their maps before global average
     pooling when the model's is a calcium map (the calcium head), else none; other maps carry
@@ -52,7 +73,8 @@ def penalty_maps(model: Any, out1: Any, out2: Any) -> tuple[Tensor | None, Tenso
 class PairLoss(nn.Module):
     """Total AID-Net loss (paper §2.2): ``CE(path1, y1) + CE(path2, y2) + λ · contrastive``,
     plus ``β · (negative_evidence(maps1, y1) + negative_evidence(maps2, y2))`` when the two
-    paths' calcium maps are given and ``negative = β > 0``.
+    paths' calcium maps are given and ``negative = β > 0``; with ``relative``, ``β ·``
+    :func:`relative_negative_evidence` of both paths' scans together instead.
 
     The contrastive term compares the two paths' softmax probabilities with ``Y = (y1 != y2)``.
     ``forward`` returns ``(total, parts)``; parts (detached 0-d tensors on the loss's device,
@@ -61,11 +83,18 @@ class PairLoss(nn.Module):
     ``negative`` (unweighted; 0 without maps).
     """
 
-    def __init__(self, lambda_: float = 0.001, margin: float = 1.0, negative: float = 0.0) -> None:
+    def __init__(
+        self,
+        lambda_: float = 0.001,
+        margin: float = 1.0,
+        negative: float = 0.0,
+        relative: bool = False,
+    ) -> None:
         super().__init__()
         self.lambda_ = float(lambda_)
         self.margin = float(margin)
         self.negative = float(negative)
+        self.relative = relative
 
     def forward(
         self,
@@ -86,7 +115,12 @@ class PairLoss(nn.Module):
             total = total + self.lambda_ * contrastive
         negative = torch.zeros((), device=logits1.device)
         if maps1 is not None and maps2 is not None:
-            negative = negative_evidence(maps1, y1) + negative_evidence(maps2, y2)
+            if self.relative:  # both paths' scans against each other: one batch
+                negative = relative_negative_evidence(
+                    torch.cat([maps1, maps2]), torch.cat([y1, y2])
+                )
+            else:
+                negative = negative_evidence(maps1, y1) + negative_evidence(maps2, y2)
             if self.negative != 0:
                 total = total + self.negative * negative
         parts = {

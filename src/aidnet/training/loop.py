@@ -400,7 +400,10 @@ class Trainer:
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.pair_loss = PairLoss(
-            lambda_=config.lambda_, margin=config.margin, negative=config.negative_evidence
+            lambda_=config.lambda_,
+            margin=config.margin,
+            negative=config.negative_evidence,
+            relative=config.negative_mode == "relative",
         )
         self.amp = _amp_dtype(dev, config, warn=procs.main)
         if self.amp == torch.bfloat16 and dev.type == "cpu":  # its wrong convolutions in float32
