@@ -31,8 +31,9 @@ def write_checkpoint(path: Path, preset: str, seed: int = 0) -> Path:
     import torch
 
     from aidnet.config import load_config
-    from aidnet.models.registry import HEADED, build_model
+    from aidnet.models.registry import build_model
     from aidnet.training.checkpoint import cpu_weights, save_checkpoint
+    from aidnet.training.loop import model_spec
 
     config = load_config(preset)
     torch.manual_seed(seed)
@@ -44,16 +45,7 @@ def write_checkpoint(path: Path, preset: str, seed: int = 0) -> Path:
         dropout=config.dropout,
         head=config.head,
     )
-    spec = {
-        "name": config.model,
-        "in_channels": 2,
-        "num_classes": config.num_classes,
-        "features": list(config.features),
-        "dropout": config.dropout,
-        "head": config.head if config.model in HEADED else None,
-        "input_size": list(config.input_size),
-        "strategy": config.strategy,
-    }
+    spec = model_spec(config)
     save_checkpoint(
         path, {"model": cpu_weights(model), "model_spec": spec, "config": config.to_dict()}
     )

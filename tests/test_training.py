@@ -256,11 +256,11 @@ def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monke
 
 def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
     from aidnet.models import build_model
-    from aidnet.training.loop import _model_spec, prepare_data, validation_scores
+    from aidnet.training.loop import model_spec, prepare_data, validation_scores
 
     config = load_config("tiny", **TINY)
     data = prepare_data(config, cohort, tmp_path, cache_dir=cache, progress=False)
-    spec = {k: v for k, v in _model_spec(config).items() if k not in ("input_size", "strategy")}
+    spec = {k: v for k, v in model_spec(config).items() if k not in ("input_size", "strategy")}
     model = build_model(**spec)
     val = data.items["val"]
     assert any((i.record.label or 0) > 0 for i in val)

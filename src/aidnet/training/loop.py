@@ -104,7 +104,8 @@ def prepare_data(
     return RunData(records, assignment, items, failures)
 
 
-def _model_spec(config: Config) -> dict:
+def model_spec(config: Config) -> dict:
+    """What a checkpoint says of its network (checked on resume, used to rebuild it)."""
     return {
         "name": config.model,
         "in_channels": 2,
@@ -410,7 +411,7 @@ class Trainer:
             batch = (self.scans_per_pair * config.batch_size, 2, *config.input_size)
             check_bf16(model, batch, "cpu_amp", warn=procs.main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.spec = _model_spec(config)
+        self.spec = model_spec(config)
         # validation, selection and best.pt use the averaged weights when averaging is on
         self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         self.guard = Guard(config.num_classes)
