@@ -136,7 +136,7 @@ def test_paper_preset_matches_the_paper():
 def test_full_preset_is_ours_at_the_papers_size():
     full, paper = load_config("full"), load_config("paper")
     assert full.input_size == paper.input_size and full.features == paper.features
-    assert (full.head, full.evidence_norm) == ("calcium", "fixed")
+    assert (full.head, full.negative_mode) == ("calcium", "relative")
     assert full.negative_evidence > 0 and full.grad_clip > 0 and full.epochs == 100
 
 
