@@ -31,20 +31,12 @@ def write_checkpoint(path: Path, preset: str, seed: int = 0) -> Path:
     import torch
 
     from aidnet.config import load_config
-    from aidnet.models.registry import build_model
     from aidnet.training.checkpoint import cpu_weights, save_checkpoint
-    from aidnet.training.loop import model_spec
+    from aidnet.training.loop import model_for, model_spec
 
     config = load_config(preset)
     torch.manual_seed(seed)
-    model = build_model(
-        config.model,
-        in_channels=2,
-        num_classes=config.num_classes,
-        features=config.features,
-        dropout=config.dropout,
-        head=config.head,
-    )
+    model = model_for(config)
     spec = model_spec(config)
     save_checkpoint(
         path, {"model": cpu_weights(model), "model_spec": spec, "config": config.to_dict()}

@@ -104,6 +104,23 @@ def prepare_data(
     return RunData(records, assignment, items, failures)
 
 
+def model_for(config: Config) -> torch.nn.Module:
+    """A new network of the configuration (on the CPU, initialised from torch's seed)."""
+    from aidnet.models.registry import build_model
+
+    model: Any = build_model(
+        config.model,
+        in_channels=2,
+        num_classes=config.num_classes,
+        features=config.features,
+        dropout=config.dropout,
+        head=config.head,
+    )
+    if model.map_on_calcium:
+        model.evidence.norm_mode = config.evidence_norm
+    return model
+
+
 def model_spec(config: Config) -> dict:
     """What a checkpoint says of its network (checked on resume, used to rebuild it)."""
     return {
@@ -234,7 +251,6 @@ def train(
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from aidnet.models.registry import build_model
     from aidnet.training.distributed import start_processes
 
     last = out / "last.pt"
@@ -276,16 +292,7 @@ def train(
         torch.manual_seed(config.seed)
         if dev.type == "cuda":  # one input size for the whole run: let cuDNN pick its kernels
             torch.backends.cudnn.benchmark = True
-        model: Any = build_model(
-            config.model,
-            in_channels=2,
-            num_classes=config.num_classes,
-            features=config.features,
-            dropout=config.dropout,
-            head=config.head,
-        ).to(dev)
-        if model.map_on_calcium:
-            model.evidence.norm_mode = config.evidence_norm
+        model: Any = model_for(config).to(dev)
         net: Any = model
         if procs.distributed:
             if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
