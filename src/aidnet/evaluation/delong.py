@@ -1,12 +1,13 @@
-"""DeLong's test for two correlated ROC AUCs measured on the same scans.
+"""DeLong's test for two correlated ROC AUCs, with scans clustered by subject.
 
-DeLong, DeLong & Clarke-Pearson (1988), Biometrics 44:837–845, computed with the fast
-algorithm of Sun & Xu (2014), IEEE Signal Processing Letters 21:1389–1393: the structural
-components come from midranks (ties count one half), O(n log n) per scorer.
+DeLong, DeLong & Clarke-Pearson (1988), Biometrics 44:837–845, extended to clustered data by
+Obuchowski (1997), Biometrics 53:567–578. A subject's scan and rescan are not independent:
+the structural components (placement values) are summed per cluster and the variance comes
+from those cluster sums, so a subject counts once however many scans it has. With one scan
+per cluster the estimator is exactly DeLong's.
 
-The test assumes independent scans. A cohort of scan–rescan pairs is clustered by subject, so
-its p-values are somewhat optimistic; the comparison table therefore also carries intervals
-from a bootstrap that resamples whole subjects (:func:`aidnet.evaluation.metrics.binary_metrics`).
+Placement values come from midranks (ties count one half) as in Sun & Xu (2014), IEEE Signal
+Processing Letters 21:1389–1393: O(n log n) per scorer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DeLongResult:
     p: float
     n_positive: int
     n_negative: int
+    n_clusters: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,26 +79,77 @@ def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(int), s
 
 
-def auc_covariance(y_true: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs of several scorers on the same scans and DeLong's covariance matrix of them."""
-    parts = [structural_components(y_true, s) for s in scores]
-    aucs = np.array([p[0] for p in parts])
-    v10 = np.array([p[1] for p in parts])  # scorers × positives
-    v01 = np.array([p[2] for p in parts])  # scorers × negatives
-    m, n = v10.shape[1], v01.shape[1]
-    s10 = np.atleast_2d(np.cov(v10, ddof=1)) if m > 1 else np.zeros((len(scores),) * 2)
-    s01 = np.atleast_2d(np.cov(v01, ddof=1)) if n > 1 else np.zeros((len(scores),) * 2)
-    return aucs, s10 / m + s01 / n
+def _cluster_index(groups, size: int) -> np.ndarray:
+    """Cluster number (0 … I−1) of each scan; every scan its own cluster without groups."""
+    if groups is None:
+        return np.arange(size)
+    groups = np.asarray(groups)
+    if groups.shape != (size,):
+        raise ValueError("groups must give one cluster (subject) per scan")
+    return np.unique(groups, return_inverse=True)[1].reshape(-1)
 
 
-def auc_variance(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """AUC and its DeLong variance."""
-    aucs, cov = auc_covariance(y_true, scores)
+def _scale(k: int) -> float:
+    """Obuchowski's small-sample factor k / (k − 1); 0 where fewer than two clusters carry
+    the term (its cluster sums are then exactly zero: there is no variance to estimate)."""
+    return k / (k - 1) if k > 1 else 0.0
+
+
+def auc_covariance(
+    y_true: np.ndarray, *scores: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of several scorers on the same scans and the covariance matrix of them.
+
+    ``groups`` names the cluster (subject) of each scan. For scorer r, cluster i with
+    m_i positives and n_i negatives (M, N in all):
+
+        a_ri = Σ V10 over its positives − m_i·AUC_r,   b_ri = Σ V01 over its negatives − n_i·AUC_r
+        cov_rs = k10·Σ a_r a_s / M² + k01·Σ b_r b_s / N² + k11·Σ (a_r b_s + b_r a_s) / (M N)
+
+    with k = I/(I − 1) over the I10 clusters holding a positive, the I01 holding a negative and
+    all I clusters (Obuchowski 1997). One scan per cluster: the cross term vanishes and this is
+    DeLong's covariance.
+    """
+    y, _ = _check(y_true, scores[0])
+    cluster = _cluster_index(groups, y.size)
+    n_clusters = int(cluster.max()) + 1
+    pos, neg = cluster[y == 1], cluster[y == 0]
+    m_i = np.bincount(pos, minlength=n_clusters)
+    n_i = np.bincount(neg, minlength=n_clusters)
+    m, n = pos.size, neg.size
+    aucs, a, b = [], [], []
+    for s in scores:
+        auc, v10, v01 = structural_components(y, s)
+        aucs.append(auc)
+        a.append(np.bincount(pos, weights=v10, minlength=n_clusters) - m_i * auc)
+        b.append(np.bincount(neg, weights=v01, minlength=n_clusters) - n_i * auc)
+    a_mat, b_mat = np.array(a), np.array(b)  # scorers × clusters
+    cross = a_mat @ b_mat.T
+    cov = (
+        _scale(int(np.count_nonzero(m_i))) * (a_mat @ a_mat.T) / m**2
+        + _scale(int(np.count_nonzero(n_i))) * (b_mat @ b_mat.T) / n**2
+        + _scale(n_clusters) * (cross + cross.T) / (m * n)
+    )
+    return np.array(aucs), cov
+
+
+def auc_variance(
+    y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[float, float]:
+    """AUC and its (clustered) DeLong variance."""
+    aucs, cov = auc_covariance(y_true, scores, groups=groups)
     return float(aucs[0]), float(cov[0, 0])
 
 
-def delong_test(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> DeLongResult:
-    """Two-sided test of AUC(a) = AUC(b) for two scorers of the same scans.
+def delong_test(
+    y_true: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    groups: np.ndarray | None = None,
+) -> DeLongResult:
+    """Two-sided test of AUC(a) = AUC(b) for two scorers of the same scans; ``groups`` (the
+    subject of each scan) makes a subject's scans one cluster. Without it every scan is its
+    own cluster, which is right only when no subject has two scans.
 
     Where the difference has zero variance (e.g. identical scorers) the test is degenerate:
     p = 1 when the AUCs are equal, p = 0 (z = ±inf) when they are not.
@@ -104,7 +157,7 @@ def delong_test(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
     from scipy.stats import norm
 
     y, _ = _check(y_true, scores_a)
-    aucs, cov = auc_covariance(y, scores_a, scores_b)
+    aucs, cov = auc_covariance(y, scores_a, scores_b, groups=groups)
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))
@@ -125,4 +178,5 @@ def delong_test(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
         p=min(p, 1.0),
         n_positive=n_pos,
         n_negative=int(y.size - n_pos),
+        n_clusters=int(_cluster_index(groups, y.size).max()) + 1,
     )
