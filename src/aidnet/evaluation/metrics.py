@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+#: P(CAC) at or above which a scan is called CAC, in the 2×2 and the 3×3 matrix alike.
+CAC_THRESHOLD = 0.5
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over classes, computed in float32."""
+    import torch
+
     return torch.softmax(logits.float(), dim=1)
 
 
@@ -33,7 +42,7 @@ def _finite_or_none(value: float) -> float | None:
 def binary_metrics(
     y_true: np.ndarray,
     p_cac: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float = CAC_THRESHOLD,
     n_boot: int = 1000,
     seed: int = 0,
     groups: np.ndarray | None = None,
@@ -123,9 +132,34 @@ def _clusters(y: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
     return [np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())]
 
 
+def called_class(probs: Sequence[float] | np.ndarray, threshold: float = CAC_THRESHOLD) -> int:
+    """The class one scan is called from its class probabilities: 0 when P(CAC) (P(1), or
+    P(1) + P(2) for 3 classes: paper's strategy 2) is below ``threshold``, else the likelier
+    CAC class.
+
+    CAC is Agatston > 0, i.e. class > 0 (:func:`aidnet.agatston.score_class`), so the 3×3
+    matrix of these calls collapses exactly to the 2×2 of :func:`binary_metrics`, whose call
+    is a point on the ROC curve of P(CAC). The argmax over all classes would not: it calls
+    (0.4, 0.3, 0.3) "no CAC" though P(CAC) is 0.6."""
+    values = np.asarray(probs, dtype=float)
+    if values[1:].sum() < threshold:
+        return 0
+    return 1 + int(np.argmax(values[1:]))
+
+
 def multiclass_confusion(y_true, y_pred, num_classes: int = 3) -> list[list[int]]:
     """Rows: true class; columns: predicted class."""
     matrix = np.zeros((num_classes, num_classes), dtype=int)
     for t, q in zip(y_true, y_pred, strict=True):
         matrix[int(t), int(q)] += 1
     return matrix.tolist()
+
+
+def collapse_confusion(matrix: Sequence[Sequence[int]]) -> list[list[int]]:
+    """A K×K matrix (rows true class, columns called class) as the 2×2 ``[[TN, FP], [FN, TP]]``
+    of CAC = class > 0 (Agatston > 0)."""
+    m = np.asarray(matrix, dtype=int)
+    return [
+        [int(m[0, 0]), int(m[0, 1:].sum())],
+        [int(m[1:, 0].sum()), int(m[1:, 1:].sum())],
+    ]

@@ -1,4 +1,5 @@
-"""predictions.csv and metrics.json, written atomically."""
+"""predictions.csv (with its full-precision twin predictions.json) and metrics.json, written
+atomically."""
 
 from __future__ import annotations
 
@@ -12,21 +13,23 @@ from typing import Any
 import numpy as np
 
 from aidnet.atomic import atomic_path
+from aidnet.evaluation.metrics import called_class
 
 COLUMNS = ["subject", "visit", "p_cac", "p_class0", "p_class1", "p_class2", "predicted", "label"]
 
 
 def class_columns(probs: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """``p_cac``, ``p_class0..2`` (0 where the model has 2 classes) and the argmax class of one
-    scan's class probabilities (P(CAC) = P(1) + P(2) for 3 classes, paper's strategy 2)."""
+    """``p_cac``, ``p_class0..2`` (0 where the model has 2 classes) and the called class of one
+    scan's class probabilities (P(CAC) = P(1) + P(2) for 3 classes, paper's strategy 2; the
+    call is :func:`aidnet.evaluation.metrics.called_class`, which agrees with the 2×2)."""
     values = [float(v) for v in probs]
     padded = values + [0.0] * (3 - len(values))
     return {
-        "p_cac": float(sum(values[1:])),
+        "p_cac": float(np.sum(values[1:])),
         "p_class0": padded[0],
         "p_class1": padded[1],
         "p_class2": padded[2],
-        "predicted": int(np.argmax(values)),
+        "predicted": called_class(values),
     }
 
 
@@ -35,8 +38,21 @@ def _atomic_text(path: Path, write) -> None:
         write(fh)
 
 
+PROBABILITIES = ("p_cac", "p_class0", "p_class1", "p_class2")
+
+
+def full_precision_path(csv_path: Path) -> Path:
+    """``predictions.json`` beside ``predictions.csv``."""
+    return csv_path.with_suffix(".json")
+
+
 def write_predictions_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """DESIGN.md columns first, then any pass-through manifest columns."""
+    """DESIGN.md columns first, then any pass-through manifest columns; probabilities to 6
+    decimals. The DESIGN.md columns also go, at full precision, to :func:`full_precision_path`
+    (written first): statistics are computed from that, not from the rounded CSV, where
+    confident models' probabilities tie at 1.000000 or 0.000000."""
+    full = [{k: row.get(k, "") for k in COLUMNS} for row in rows]
+    _atomic_text(full_precision_path(path), lambda fh: json.dump(_json_safe(full), fh))
     extras: list[str] = []
     for row in rows:
         extras.extend(k for k in row if k not in COLUMNS and k not in extras)
@@ -48,12 +64,47 @@ def write_predictions_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             out = dict(row)
-            for key in ("p_cac", "p_class0", "p_class1", "p_class2"):
+            for key in PROBABILITIES:
                 if isinstance(out.get(key), float):
                     out[key] = f"{out[key]:.6f}"
             writer.writerow(out)
 
     _atomic_text(path, write)
+
+
+def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of ``predictions.csv`` (DESIGN.md columns) with their probabilities at full
+    precision, and whether they are: the values come from :func:`full_precision_path` when it
+    holds the same scans and, to 6 decimals, the same probabilities; otherwise (written before
+    it existed) from the CSV itself."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = [{k: r[k] for k in COLUMNS} for r in csv.DictReader(fh)]
+    try:
+        full = json.loads(full_precision_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        full = None
+    if isinstance(full, list) and _same_predictions(rows, full):
+        for r, f in zip(rows, full, strict=True):
+            r.update({k: float(f[k]) for k in PROBABILITIES})
+        return rows, True
+    for r in rows:
+        r.update({k: float(r[k]) for k in PROBABILITIES})
+    return rows, False
+
+
+def _same_predictions(rows: list[dict[str, Any]], full: list[Any]) -> bool:
+    if len(full) != len(rows):
+        return False
+    for r, f in zip(rows, full, strict=True):
+        if not isinstance(f, dict) or [str(f.get("subject")), str(f.get("visit"))] != [
+            r["subject"],
+            r["visit"],
+        ]:
+            return False
+        for key in PROBABILITIES:
+            if not isinstance(f.get(key), float | int) or f"{f[key]:.6f}" != r[key]:
+                return False
+    return True
 
 
 def _json_safe(value: Any) -> Any:

@@ -22,7 +22,6 @@ A row that fails is reported and the others go on; a re-run resumes a half-train
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import time
@@ -247,22 +246,28 @@ def run_row(
     return done
 
 
-def _read_predictions(path: Path) -> dict[tuple[str, str], tuple[int, float]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return {
-            (r["subject"], r["visit"]): (int(int(r["label"]) > 0), float(r["p_cac"]))
-            for r in csv.DictReader(fh)
-            if r["label"] != ""
-        }
+def _read_predictions(path: Path) -> tuple[dict[tuple[str, str], tuple[int, float]], bool]:
+    """(subject, visit) → (CAC label, P(CAC)) of the labelled scans, and whether P(CAC) is at
+    full precision (see :func:`aidnet.evaluation.predictions.read_predictions`)."""
+    from aidnet.evaluation.predictions import read_predictions
+
+    rows, full = read_predictions(path)
+    scans = {
+        (r["subject"], r["visit"]): (int(int(r["label"]) > 0), float(r["p_cac"]))
+        for r in rows
+        if r["label"] != ""
+    }
+    return scans, full
 
 
 def _delong_vs(row_eval: Path, ref_eval: Path) -> dict[str, Any] | None:
-    """DeLong test of a row's AUC against the reference row's, on the scans both scored."""
+    """DeLong's test of a row's AUC against the reference row's, on the scans both scored,
+    a subject's scans one cluster (Obuchowski 1997), from full-precision probabilities."""
     import numpy as np
 
     from aidnet.evaluation.delong import delong_test
 
-    mine, ref = _read_predictions(row_eval), _read_predictions(ref_eval)
+    (mine, mine_full), (ref, ref_full) = _read_predictions(row_eval), _read_predictions(ref_eval)
     keys = sorted(set(mine) & set(ref))
     y = np.array([mine[k][0] for k in keys])
     if len(keys) < 3 or y.min() == y.max():
@@ -271,8 +276,14 @@ def _delong_vs(row_eval: Path, ref_eval: Path) -> dict[str, Any] | None:
         raise AidnetError(f"{row_eval}: labels differ from the reference row's on the same scans")
     a = np.array([mine[k][1] for k in keys])
     b = np.array([ref[k][1] for k in keys])
-    result = delong_test(y, a, b)
-    return {**result.to_dict(), "n": len(keys)}
+    subjects = np.array([subject for subject, _ in keys])
+    result = delong_test(y, a, b, groups=subjects)
+    return {
+        **result.to_dict(),
+        "n": len(keys),
+        "cluster": "subject",
+        "probabilities": "full precision" if mine_full and ref_full else "6 decimals (CSV)",
+    }
 
 
 def comparison_rows(out: Path, failures: dict[str, str]) -> list[dict[str, Any]]:
