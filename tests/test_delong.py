@@ -173,12 +173,12 @@ def test_a_duplicated_scan_adds_no_information():
     once, unclustered; the unclustered test on the copies claims about half of it."""
     y, a, b = _tied_case(2, 40)
     once = delong_test(y, a, b)
-    twice = [np.repeat(v, 2) for v in (y, a, b)]
+    y2, a2, b2 = (np.repeat(v, 2) for v in (y, a, b))
     subjects = np.repeat(np.arange(y.size), 2)
-    clustered = delong_test(*twice, groups=subjects)
+    clustered = delong_test(y2, a2, b2, groups=subjects)
     assert clustered.difference == pytest.approx(once.difference, abs=1e-12)
     assert clustered.se == pytest.approx(once.se, rel=1e-12)
-    naive = delong_test(*twice)
+    naive = delong_test(y2, a2, b2)
     assert naive.se**2 == pytest.approx(once.se**2 / 2, rel=0.05)
 
 

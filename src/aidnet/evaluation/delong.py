@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,14 @@ def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(int), s
 
 
-def _cluster_index(groups, size: int) -> np.ndarray:
+def _cluster_index(groups: ArrayLike | None, size: int) -> np.ndarray:
     """Cluster number (0 … I−1) of each scan; every scan its own cluster without groups."""
     if groups is None:
         return np.arange(size)
-    groups = np.asarray(groups)
-    if groups.shape != (size,):
+    ids = np.asarray(groups)
+    if ids.shape != (size,):
         raise ValueError("groups must give one cluster (subject) per scan")
-    return np.unique(groups, return_inverse=True)[1].reshape(-1)
+    return np.unique(ids, return_inverse=True)[1].reshape(-1)
 
 
 def _scale(k: int) -> float:
@@ -96,7 +97,7 @@ def _scale(k: int) -> float:
 
 
 def auc_covariance(
-    y_true: np.ndarray, *scores: np.ndarray, groups: np.ndarray | None = None
+    y_true: np.ndarray, *scores: np.ndarray, groups: ArrayLike | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUCs of several scorers on the same scans and the covariance matrix of them.
 
@@ -134,7 +135,7 @@ def auc_covariance(
 
 
 def auc_variance(
-    y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None
+    y_true: np.ndarray, scores: np.ndarray, groups: ArrayLike | None = None
 ) -> tuple[float, float]:
     """AUC and its (clustered) DeLong variance."""
     aucs, cov = auc_covariance(y_true, scores, groups=groups)
@@ -145,7 +146,7 @@ def delong_test(
     y_true: np.ndarray,
     scores_a: np.ndarray,
     scores_b: np.ndarray,
-    groups: np.ndarray | None = None,
+    groups: ArrayLike | None = None,
 ) -> DeLongResult:
     """Two-sided test of AUC(a) = AUC(b) for two scorers of the same scans; ``groups`` (the
     subject of each scan) makes a subject's scans one cluster. Without it every scan is its
