@@ -127,6 +127,8 @@ class PlaqueNet(nn.Module):
     (σ = 1.5 network voxels) centred on a given point of the network grid, its features
     doubled on the input's calcium voxels (so the score depends on the input there)."""
 
+    map_on_calcium = False  # as a baseline's (see aidnet.models.base.CACNet)
+
     def __init__(self, size, centre):
         super().__init__()
         axes = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in size), indexing="ij")

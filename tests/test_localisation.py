@@ -195,6 +195,9 @@ class LookupNet:
     """Stand-in network for evaluate: for each known input image, features (and attention)
     are a Gaussian bump (σ = 1.5 network voxels) at a chosen point of the network grid."""
 
+    siamese = False
+    map_on_calcium = False  # its map is no calcium map (see aidnet.models.base.CACNet)
+
     def __init__(self, table):
         import torch
 

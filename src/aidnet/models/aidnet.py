@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from aidnet.models.base import CACNet, FeatureMaps, SingleOutput
 from aidnet.models.blocks import SoftAttentionGate3d
 from aidnet.models.encoder import Encoder3d
 from aidnet.models.heads import CalciumMap3d, RisingClassifier
@@ -15,27 +14,12 @@ HEADS = ("stage", "calcium")
 CALCIUM_CHANNEL = 1  # the input's HU > 130 channel
 
 
-@dataclass
-class SingleOutput:
-    """What one path of a model returns for one batch of scans.
-
-    ``logits`` is B×C; ``features`` the last feature map before global average pooling (from
-    ``forward_single`` it is the tensor the logits were computed from, the Grad-CAM target of
-    §2.3; from the pair ``forward`` it is a row slice of the joint batch); ``attention`` the
-    B×1×Z'×Y'×X' soft attention map on the gated stage's grid, or None without a SAG.
-    """
-
-    logits: Tensor
-    features: Tensor
-    attention: Tensor | None
-
-
 def _rows(out: SingleOutput, rows: slice) -> SingleOutput:
     attention = None if out.attention is None else out.attention[rows]
     return SingleOutput(out.logits[rows], out.features[rows], attention)
 
 
-class AIDNet(nn.Module):
+class AIDNet(CACNet):
     """Attention Identical Dual Network (paper §2.2–2.3; ``attention=False`` gives ID-Net).
 
     ONE :class:`Encoder3d` is applied to the scan and to the rescan, so both paths share every
@@ -53,6 +37,9 @@ class AIDNet(nn.Module):
       the evidence on that map, so Grad-CAM shows which calcium the decision rests on.
     - ``"stage"``: the last stage map itself and an ordinary Linear layer; its grid is 8 times
       coarser than the input, so Grad-CAM marks a region of several centimetres.
+
+    ``evidence_norm`` (calcium head): the statistics that normalise the evidence in training,
+    see :class:`~aidnet.models.heads.RisingClassifier`.
     """
 
     siamese: bool = True
@@ -67,6 +54,7 @@ class AIDNet(nn.Module):
         dropout: float = 0.0,
         head: str = "calcium",
         map_channels: int = 8,
+        evidence_norm: str = "batch",
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -86,44 +74,45 @@ class AIDNet(nn.Module):
         self.evidence: RisingClassifier | None = None
         if head == "calcium":
             self.calcium_map = CalciumMap3d(features, map_channels)
-            self.evidence = RisingClassifier(map_channels, num_classes, other, dropout)
+            self.evidence = RisingClassifier(
+                map_channels, num_classes, other, dropout, norm_mode=evidence_norm
+            )
         else:
             self.dropout = nn.Dropout(dropout)
             self.classifier = nn.Linear(features[-1] + other, num_classes)
+        # the map before GAP is zero off the calcium candidates
+        self.map_on_calcium = self.calcium_map is not None
 
     @property
     def attention(self) -> bool:
         return self.gate is not None
 
-    @property
-    def map_on_calcium(self) -> bool:
-        """Whether the map before GAP is zero off the calcium candidates."""
-        return self.calcium_map is not None
-
-    def forward_single(self, x: Tensor) -> SingleOutput:
-        """One batch of scans (B×in_channels×Z×Y×X) through the shared encoder and head."""
+    def forward_features(self, x: Tensor) -> FeatureMaps:
+        """One batch of scans (B×in_channels×Z×Y×X) through the shared encoder, the SAG and,
+        with the calcium head, the calcium map: the map before GAP and the SAG's parts."""
         maps = self.encoder(x.contiguous(memory_format=torch.channels_last_3d))
-        last = maps[-1]
         attention_map = None
         local = None
         if self.gate is not None:
-            gated, attention_map = self.gate(maps[-2], last)
+            gated, attention_map = self.gate(maps[-2], maps[-1])
             # attention pooling: the gated local features averaged with the attention as weights
             weights = attention_map / (attention_map.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
             local = (gated * weights).sum(dim=(2, 3, 4))
-        if self.calcium_map is not None and self.evidence is not None:
+        if self.calcium_map is not None:
             # in [0, 1] by the input contract; clamped so the map stays non-negative whatever
             calcium = x[:, CALCIUM_CHANNEL : CALCIUM_CHANNEL + 1].clamp(0.0, 1.0)
             before_gap = self.calcium_map(maps, calcium)
-            voxels = before_gap[0, 0].numel()
-            logits = self.evidence(before_gap.mean(dim=(2, 3, 4)), voxels, local)
         else:
-            before_gap = last
-            pooled = [before_gap.mean(dim=(2, 3, 4))]
-            if local is not None:
-                pooled.insert(0, local)
-            logits = self.classifier(self.dropout(torch.cat(pooled, dim=1)))
-        return SingleOutput(logits=logits, features=before_gap, attention=attention_map)
+            before_gap = maps[-1]
+        return FeatureMaps(before_gap, attention_map, local)
+
+    def forward_head(self, maps: FeatureMaps) -> Tensor:
+        """The logits from the map before GAP, pooled, and the SAG's pooled features."""
+        pooled = maps.map.mean(dim=(2, 3, 4))
+        if self.evidence is not None:
+            return self.evidence(pooled, maps.map[0, 0].numel(), maps.local)
+        parts = [pooled] if maps.local is None else [maps.local, pooled]
+        return self.classifier(self.dropout(torch.cat(parts, dim=1)))
 
     def forward(
         self, x1: Tensor, x2: Tensor | None = None

@@ -1,7 +1,7 @@
 """Single-scan baselines of the paper's comparison (§3): 3-D ResNet-101 and DenseNet-121.
 
 Both come from MONAI with random initialisation (nothing is downloaded) and are wrapped to
-expose the same ``forward_single`` / ``forward`` API as :class:`~aidnet.models.AIDNet`.
+declare the same parts as :class:`~aidnet.models.AIDNet` (:class:`~aidnet.models.base.CACNet`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aidnet.models.aidnet import SingleOutput
+from aidnet.models.base import CACNet, FeatureMaps
 
 
-class _SingleScanModel(nn.Module):
-    siamese: bool = False
-    map_on_calcium: bool = False  # the map before pooling is no calcium map
+class _SingleScanModel(CACNet):
+    """A single-scan network (``siamese`` False) whose map before pooling is no calcium map
+    (``map_on_calcium`` False): ``_features`` is its map, a Linear layer its head."""
+
     min_size: int = 1  # voxels per spatial axis the architecture needs
     dropout: nn.Dropout
     classifier: nn.Linear
@@ -23,8 +24,8 @@ class _SingleScanModel(nn.Module):
     def _features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward_single(self, x: Tensor) -> SingleOutput:
-        """One batch of scans through the network; ``features`` is the map before pooling.
+    def forward_features(self, x: Tensor) -> FeatureMaps:
+        """The map before pooling of one batch of scans.
 
         An axis shorter than ``min_size`` is zero-padded on both sides (0 is the input's empty
         value), so small presets run; heat maps of such inputs are then slightly approximate.
@@ -35,15 +36,10 @@ class _SingleScanModel(nn.Module):
             pad += [extra // 2, extra - extra // 2]
         if any(pad):
             x = F.pad(x, pad)
-        features = self._features(x.contiguous(memory_format=torch.channels_last_3d))
-        logits = self.classifier(self.dropout(features.mean(dim=(2, 3, 4))))
-        return SingleOutput(logits=logits, features=features, attention=None)
+        return FeatureMaps(self._features(x.contiguous(memory_format=torch.channels_last_3d)))
 
-    def forward(
-        self, x1: Tensor, x2: Tensor | None = None
-    ) -> tuple[SingleOutput, SingleOutput | None]:
-        """Each scan independently (these baselines are not trained on pairs)."""
-        return self.forward_single(x1), (None if x2 is None else self.forward_single(x2))
+    def forward_head(self, maps: FeatureMaps) -> Tensor:
+        return self.classifier(self.dropout(maps.map.mean(dim=(2, 3, 4))))
 
 
 class ResNet101Baseline(_SingleScanModel):

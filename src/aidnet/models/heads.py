@@ -76,7 +76,12 @@ class RisingClassifier(nn.Module):
     """
 
     def __init__(
-        self, map_channels: int, num_classes: int, other_channels: int = 0, dropout: float = 0.0
+        self,
+        map_channels: int,
+        num_classes: int,
+        other_channels: int = 0,
+        dropout: float = 0.0,
+        norm_mode: str = "batch",
     ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(map_channels, affine=False)
@@ -84,7 +89,7 @@ class RisingClassifier(nn.Module):
         self.other = nn.Linear(other_channels, num_classes) if other_channels else None
         self.bias = None if other_channels else nn.Parameter(torch.zeros(num_classes))
         self.dropout = nn.Dropout(dropout)
-        self.norm_mode = "batch"
+        self.norm_mode = norm_mode
 
     def _normalise(self, raw: Tensor) -> Tensor:
         norm = self.norm

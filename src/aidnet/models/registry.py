@@ -6,16 +6,16 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from torch import nn
 
 from aidnet.errors import AidnetError
 from aidnet.models.aidnet import AIDNet
+from aidnet.models.base import CACNet
 from aidnet.models.baselines import DenseNet121Baseline, ResNet101Baseline
 
 #: the models whose map before global average pooling ``head`` chooses (the baselines ignore it)
 HEADED = ("aidnet", "idnet")
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, Callable[..., CACNet]] = {
     "aidnet": partial(AIDNet, attention=True),
     "idnet": partial(AIDNet, attention=False),
     "resnet101": ResNet101Baseline,
@@ -31,17 +31,22 @@ def build_model(
     features: tuple[int, ...] = (16, 32, 64, 128),
     dropout: float = 0.0,
     head: str = "calcium",
+    evidence_norm: str = "batch",
     **kw,
-) -> nn.Module:
+) -> CACNet:
     """Build a registered model by name (``aidnet``, ``idnet``, ``resnet101``, ``densenet121``).
 
-    Every model exposes ``siamese``, ``forward_single(x)`` and ``forward(x1, x2=None)``; weights
-    and inputs use the channels-last 3-D memory layout (same numbers, faster convolutions).
+    Every model declares its parts (:class:`~aidnet.models.base.CACNet`): ``siamese``,
+    ``map_on_calcium``, ``forward_features`` / ``forward_head``, ``forward_single(x)`` and
+    ``forward(x1, x2=None)``; ``head`` and ``evidence_norm`` apply to AID-Net and ID-Net only.
+    Weights and inputs use the channels-last 3-D memory layout (same numbers, faster
+    convolutions).
     """
     if name not in MODELS:
         raise AidnetError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if name in HEADED:
         kw["head"] = head
+        kw["evidence_norm"] = evidence_norm
     model = MODELS[name](
         in_channels=in_channels,
         num_classes=num_classes,

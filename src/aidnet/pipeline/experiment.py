@@ -111,7 +111,7 @@ def check_input_size(
             x = torch.zeros(1, 2, *input_size)
             try:
                 with torch.no_grad():
-                    model(x, x if getattr(model, "siamese", False) else None)
+                    model(x, x if model.siamese else None)
             except RuntimeError as exc:
                 raise AidnetError(
                     f"{MODEL_LABELS[name]} cannot take the preset's input size "

@@ -55,7 +55,7 @@ def original_maps(
         for name, net_map in network_maps(trained.model, x).items()
     }
     if calcium is not None:
-        if getattr(trained.model, "map_on_calcium", False):
+        if trained.model.map_on_calcium:
             maps["gradcam"] = normalise(maps["gradcam"] * calcium)
         maps["integrated_gradients"] = normalise(maps["integrated_gradients"] * calcium)
         if "attention" in maps:

@@ -22,6 +22,7 @@ from aidnet.data.datasets import Item, PairDataset, ScanDataset, make_pairs
 from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_given_splits, read_splits, split_subjects, write_splits
 from aidnet.errors import AidnetError
+from aidnet.models.base import CACNet
 from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
 from aidnet.training.batches import BatchList
@@ -104,21 +105,19 @@ def prepare_data(
     return RunData(records, assignment, items, failures)
 
 
-def model_for(config: Config) -> torch.nn.Module:
+def model_for(config: Config) -> CACNet:
     """A new network of the configuration (on the CPU, initialised from torch's seed)."""
     from aidnet.models.registry import build_model
 
-    model: Any = build_model(
+    return build_model(
         config.model,
         in_channels=2,
         num_classes=config.num_classes,
         features=config.features,
         dropout=config.dropout,
         head=config.head,
+        evidence_norm=config.evidence_norm,
     )
-    if model.map_on_calcium:
-        model.evidence.norm_mode = config.evidence_norm
-    return model
 
 
 def model_spec(config: Config) -> dict:
