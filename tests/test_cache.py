@@ -11,8 +11,10 @@ from aidnet.data.cache import (
     load_cached,
     preprocess_cohort,
     remove_stale_temps,
+    save_cached,
     temp_suffix,
 )
+from aidnet.data.cache_file import cache_file_problem
 from aidnet.data.job import failure_message
 from aidnet.data.manifest import read_manifest
 from aidnet.data.pool import run_unordered
@@ -88,6 +90,67 @@ def test_unreadable_cache_file_says_what_to_do(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(AidnetError, match="P1_scan-0123.npz: unreadable cache file.*delete it"):
         load_cached(bad)
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "end cut":  # only the zip directory's last bytes are lost
+        path.write_bytes(data[:-10])
+    else:
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "end cut", "garbage"])
+def test_cache_file_problem_names_an_unusable_file(tmp_path, how):
+    path = tmp_path / "P1_scan-0123.npz"
+    save_cached(path, np.zeros((2, *SIZE), np.float32), {"crop_box": [0, 1]}, {"a": 1})
+    assert cache_file_problem(path) is None
+    damage(path, how)
+    problem = cache_file_problem(path)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("empty file" if how == "empty" else "cut short")
+    with pytest.raises(AidnetError, match="unreadable cache file"):
+        load_cached(path)
+
+
+def test_cache_file_without_its_image_is_a_problem(tmp_path):
+    path = tmp_path / "P1_scan-0123.npz"
+    np.savez(path, geometry="{}")
+    assert cache_file_problem(path) == "no image array"
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+def test_unreadable_cache_file_is_computed_again(cohort, tmp_path, how):
+    """A cache file cut short or empty is derived data: the job rebuilds it with a one-line note
+    and the rebuilt file is the file a fresh run writes."""
+    from typer.testing import CliRunner
+
+    from aidnet.cli import app
+
+    def preprocess(folder: Path):
+        args = ["preprocess", str(cohort), "--out", str(folder), "--preset", "tiny"]
+        return CliRunner().invoke(app, args)
+
+    assert preprocess(tmp_path / "fresh").exit_code == 0
+    cache = tmp_path / "cache"
+    assert preprocess(cache).exit_code == 0
+    damaged = sorted(cache.glob("*.npz"))[0]
+    damage(damaged, how)
+    result = preprocess(cache)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("aidnet: note:")]
+    problem = "empty file" if how == "empty" else "cut short or not an npz file"
+    assert len(notes) == 1 and notes[0].startswith(
+        f"aidnet: note: {damaged}: unreadable cache file ({problem}"
+    )
+    assert notes[0].endswith("; computing it again")
+    assert "2 of 2 scans preprocessed" in result.stdout and "(1 reused, 0 failed)" in result.stdout
+    assert damaged.read_bytes() == (tmp_path / "fresh" / damaged.name).read_bytes()
+    assert cache_file_problem(damaged) is None
 
 
 def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):

@@ -3,37 +3,47 @@
 A cache file is keyed by the input (resolved path, file sizes, modification times) and by the
 full :class:`~aidnet.preprocess.PreprocessConfig` key (settings and algorithm version), so a
 changed input or config never reuses a stale file. Files are written atomically, so a killed
-run leaves no half-written entry and a re-run resumes.
+run leaves no half-written entry and a re-run resumes; a file that cannot be read (cut short,
+empty) is derived data and is computed again with a one-line note. The file itself (format,
+writing, reading) is :mod:`aidnet.data.cache_file`; one scan's work is :mod:`aidnet.data.job`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from aidnet.atomic import atomic_path
+from aidnet.data.cache_file import (
+    CachedScan,
+    cache_file_problem,
+    load_cached,
+    remove_stale_temps,
+    save_cached,
+    temp_suffix,
+)
+from aidnet.data.job import Job, failure_message, run_job
 from aidnet.data.manifest import ScanRecord
-from aidnet.errors import AidnetError
 from aidnet.preprocess.config import PreprocessConfig, as_config
 
-if TYPE_CHECKING:
-    from aidnet.data.job import Job
+__all__ = [
+    "CachedScan",
+    "CohortResult",
+    "cache_path",
+    "load_cached",
+    "preprocess_cohort",
+    "qc_path",
+    "record_cache_dir",
+    "recorded_cache_dir",
+    "remove_stale_temps",
+    "save_cached",
+    "temp_suffix",
+]
 
 QC_FOLDER = "qc"
-
-
-@dataclass(frozen=True)
-class CachedScan:
-    image: np.ndarray  # (2, Z, Y, X) float32
-    geometry: dict
-    config: dict = field(default_factory=dict)  # PreprocessConfig.to_dict() that made it
 
 
 @dataclass
@@ -72,56 +82,6 @@ def qc_path(cache_dir: Path, record: ScanRecord) -> Path:
     return Path(cache_dir) / QC_FOLDER / f"{record.key}.png"
 
 
-def temp_suffix(suffix: str) -> str:
-    """Suffix for :func:`atomic_path` naming this process, so that the temporary files of a
-    killed process can be recognised and removed (see :func:`remove_stale_temps`)."""
-    return f".pid{os.getpid()}{suffix}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left in ``folder`` by processes that no longer run."""
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for tmp in folder.glob(".tmp-*.pid*"):
-        pid_text = tmp.name.rsplit(".pid", 1)[1].split(".", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def save_cached(path: Path, image: np.ndarray, geometry: dict, config: dict | None = None) -> None:
-    with atomic_path(path, suffix=temp_suffix(".npz")) as tmp, tmp.open("wb") as fh:
-        np.savez(
-            fh,
-            image=image.astype(np.float32),
-            geometry=json.dumps(geometry),
-            config=json.dumps(config or {}),
-        )
-
-
-def load_cached(path: Path) -> CachedScan:
-    try:
-        with np.load(path) as data:
-            config = json.loads(str(data["config"])) if "config" in data.files else {}
-            return CachedScan(
-                image=data["image"], geometry=json.loads(str(data["geometry"])), config=config
-            )
-    except Exception as exc:
-        raise AidnetError(f"{path}: unreadable cache file ({exc}); delete it and re-run") from None
-
-
 def preprocess_cohort(
     records: Iterable[ScanRecord],
     cache_dir: Path,
@@ -138,7 +98,6 @@ def preprocess_cohort(
     """
     from tqdm import tqdm
 
-    from aidnet.data.job import Job, run_job
     from aidnet.data.pool import run_unordered
 
     config = as_config(config)
@@ -162,6 +121,12 @@ def preprocess_cohort(
         targets[record.key] = target
         qc_file = qc_path(cache_dir, record) if qc else None
         exists = target.exists()
+        if exists and (problem := cache_file_problem(target)) is not None:
+            # derived data: rebuild it rather than stop (as MONAI's PersistentDataset does)
+            logging.getLogger("aidnet").warning(
+                "%s: unreadable cache file (%s); computing it again", target, problem
+            )
+            exists = False
         reused += exists
         if not exists or (qc_file is not None and not qc_file.exists()):
             jobs.append(Job(record, config, target, qc_file, build=not exists))
@@ -183,8 +148,6 @@ def preprocess_cohort(
 
 def _lost(job: Job, exc: BaseException) -> tuple[str, str | None]:
     from concurrent.futures.process import BrokenProcessPool
-
-    from aidnet.data.job import failure_message
 
     path = job.record.path
     if isinstance(exc, BrokenProcessPool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aidnet.data.cache import load_cached, save_cached, temp_suffix
+from aidnet.data.cache_file import load_cached, save_cached, temp_suffix
 from aidnet.data.manifest import ScanRecord
 from aidnet.errors import AidnetError
 from aidnet.preprocess.config import PreprocessConfig
