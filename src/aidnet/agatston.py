@@ -1,6 +1,7 @@
 """The Agatston coronary calcium score, written down exactly (Agatston et al., JACC 1990).
 
-Published implementations disagree on details, so ours is stated here and in the README:
+Published implementations disagree on details, so ours is stated here and in
+docs/agatston-and-phantom.md:
 
 1. Work per axial slice. A voxel is a lesion candidate if its value is >= 130 HU.
 2. Candidates form 2-D 8-connected components within their slice (no connection across slices).

@@ -1,14 +1,11 @@
 """Keep freed memory in the process: CPU training and inference without page faults.
 
 glibc's malloc gives each allocation above 32 MiB its own fresh pages from the system and
-returns them when it is freed. A 3-D network's activations are such allocations (at the
-paper's input size one feature map of the first stage is 150 MiB), so every training step
-and every scan page-faults its whole working set again: an AID-Net training pair at the
-paper's size on one shared core spent about half its time there (5.1-5.3 million minor faults
-per process against 0.7-0.9 million; 16.3-20.6 s per pair against 9.4-10.1 s with the memory
-kept). ``aidnet`` therefore asks glibc, at start, to serve every allocation from its heap and
-never to trim it. The cost: the process keeps its peak memory until it exits (2.2 → 2.7-3.4 GiB
-peak in that measurement).
+returns them when it is freed. A 3-D network's activations are such allocations at the paper's
+input size, so every training step and every scan would page-fault its whole working set
+again. ``aidnet`` therefore asks glibc, at start, to serve every allocation from its heap and
+never to trim it. The cost: the process keeps its peak memory until it exits. Figures:
+docs/results.md.
 
 ``AIDNET_MALLOC=system`` leaves glibc as it is (a preloaded jemalloc or tcmalloc is not
 affected either way).

@@ -120,7 +120,7 @@ def agatston(
     label: int = typer.Option(1, "--label", help="Label of the mask whose lesions count."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Agatston score, risk category and lesions of one scan (definition: see README)."""
+    """Agatston score, risk category and lesions of one scan (see docs/agatston-and-phantom.md)."""
     import json
 
     import numpy as np

@@ -43,8 +43,8 @@ def cac_score(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
 
 
-#: Riemann steps (midpoints) of the integrated gradients; 8 and 32 pointed at the coronary
-#: calcium equally often on a 480-subject phantom's test scans.
+#: Riemann steps (midpoints) of the integrated gradients; more steps did not localise better
+#: (docs/results.md).
 IG_STEPS = 8
 
 #: The CT channel's value at the calcium threshold (130 HU on the [−200, 600] HU scale).

@@ -11,10 +11,9 @@ def norm3d(channels: int) -> nn.BatchNorm3d:
 
     Not GroupNorm: it normalises each scan on its own, so the global-average-pooled features
     that feed the classifier come out nearly the same for every scan, and the few voxels of a
-    calcification cannot move them. Measured on a 240-subject phantom cohort: with GroupNorm the
-    encoder could not fit even 40 training scans (loss stayed at the class prior for 15 epochs);
-    with BatchNorm it reached a held-out AUC of about 0.85–0.9 within 12 epochs. Under
-    ``torchrun`` on GPUs the layers become SyncBatchNorm, so statistics cover the global batch.
+    calcification cannot move them; with GroupNorm the encoder did not learn on our phantom
+    (docs/results.md). Under ``torchrun`` on GPUs the layers become SyncBatchNorm, so statistics
+    cover the global batch.
     """
     return nn.BatchNorm3d(channels)
 

@@ -54,6 +54,5 @@ def build_model(
         dropout=dropout,
         **kw,
     )
-    # channels-last 3-D layout: measured at the paper's input size on a 2-core CPU, an AID-Net
-    # training pair takes 0.74x and a scan's inference 0.81x the time of the default layout
+    # channels-last 3-D layout: faster on CPUs at the paper's input size (docs/results.md)
     return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]

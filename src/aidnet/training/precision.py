@@ -2,11 +2,11 @@
 against float32 before a run trusts them.
 
 oneDNN picks a different kernel for each convolution shape, and some of its bfloat16 kernels
-are wrong for some shapes. With torch 2.13 on an AVX512-BF16 CPU (Zen 4), a 3×3×3 convolution
-whose input is 2 voxels deep got weight gradients off by 50% to 10^36, some not finite, while
-its output and input gradient were right: DenseNet-121 at the ``demo`` preset's input (its
-third dense block is 2 voxels deep) diverged in its third step. So a bfloat16 run first checks
-each convolution at the shape it will see and runs the wrong ones in float32.
+are wrong for some shapes: with torch 2.13, a 3×3×3 convolution whose input is 2 voxels deep
+can get wrong or non-finite weight gradients while its output and input gradient are right, and
+DenseNet-121 at the ``demo`` preset's input (its third dense block is 2 voxels deep) diverges
+(docs/results.md). So a bfloat16 run first checks each convolution at the shape it will see and
+runs the wrong ones in float32.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from torch import Tensor, nn
 #: a convolution is checked when an axis of its input is at most this many voxels: the wrong
 #: kernels known are for such degenerate shapes (2 voxels deep here; 1 voxel wide with stride
 #: 2 or more in torch issue 169688), and larger volumes would make the check as slow as training
-#: steps (88 s at the paper's input size on one core)
+#: steps
 SMALL_AXIS = 4
 
 #: largest relative error (max |difference| / max |float32|) of a convolution's bfloat16 output
-#: or gradient that counts as right; right ones measured 0.002-0.004, wrong ones 0.5 and more
+#: or gradient that counts as right: far above a right kernel's rounding, far below a wrong
+#: kernel's error (docs/results.md)
 TOLERANCE = 0.05
 
 
