@@ -491,3 +491,96 @@ def test_train_refuses_a_bad_device_or_learning_rate_in_one_line(tmp_path):
         )
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert expected in result.output and not (tmp_path / "run").exists()
+
+
+def demo_folder(root):
+    """The layout `make demo` leaves: cohort/, run/ (best.pt, last.pt …), report.html."""
+    (root / "cohort").mkdir(parents=True)
+    (root / "run").mkdir()
+    for name in ("best.pt", "last.pt"):
+        (root / "run" / name).write_bytes(b"weights")
+    (root / "report.html").write_text("<html></html>")
+    return root
+
+
+@pytest.fixture
+def record_runs(monkeypatch):
+    """Replace the inference commands' work with a record of the checkpoints they were given."""
+    import aidnet.pipeline as pipeline
+    import aidnet.pipeline.predict as predict
+
+    seen = []
+
+    def fake_evaluate_run(checkpoints, manifest, out, **kwargs):
+        seen.append(list(checkpoints))
+        return {"auc": 0.9, "auc_ci95": [0.8, 1.0], "accuracy": 0.8, "n": 4}
+
+    def fake_explain_manifest(checkpoint, manifest, out, **kwargs):
+        seen.append([checkpoint])
+        return []
+
+    def fake_predict_scans(checkpoints, scans, out, **kwargs):
+        seen.append(list(checkpoints))
+        return {"p_cac": 0.5, "predicted_label": "1-399", "model": "aidnet", "disagreement": False}
+
+    monkeypatch.setattr(pipeline, "evaluate_run", fake_evaluate_run)
+    monkeypatch.setattr(pipeline, "explain_manifest", fake_explain_manifest)
+    monkeypatch.setattr(predict, "predict_scans", fake_predict_scans)
+    return seen
+
+
+def checkpoint_args(command, checkpoint, tmp_path):
+    out = ["--out", tmp_path / "out"]
+    if command == "predict":
+        return ["predict", "--checkpoint", checkpoint, tmp_path / "scan.nii.gz", *out]
+    return [command, "--checkpoint", checkpoint, "--manifest", tmp_path / "m.csv", *out]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "explain", "predict"])
+def test_checkpoint_of_the_demo_folder_finds_its_run(command, record_runs, tmp_path):
+    demo = demo_folder(tmp_path / "runs" / "demo")
+    result = run(*checkpoint_args(command, demo, tmp_path))
+    assert result.exit_code == 0, result.output
+    assert record_runs == [[demo / "run"]]
+    assert result.stderr.splitlines() == [
+        f"aidnet: note: --checkpoint {demo}: using the run in {demo / 'run'}"
+    ]
+
+
+def test_checkpoint_run_folder_and_file_are_taken_as_given(record_runs, tmp_path):
+    run_dir = demo_folder(tmp_path / "demo") / "run"
+    for checkpoint in (run_dir, run_dir / "last.pt"):
+        result = run(*checkpoint_args("evaluate", checkpoint, tmp_path))
+        assert result.exit_code == 0, result.output
+        assert "note" not in result.stderr
+    assert record_runs == [[run_dir], [run_dir / "last.pt"]]
+
+
+def test_checkpoint_folder_of_several_runs_is_one_line(record_runs, tmp_path):
+    rows = tmp_path / "experiment" / "rows"
+    for row in ("aidnet-s2", "idnet-s2"):
+        (rows / row / "run").mkdir(parents=True)
+        (rows / row / "run" / "best.pt").write_bytes(b"weights")
+    result = run(*checkpoint_args("evaluate", tmp_path / "experiment", tmp_path))
+    one_line_error(
+        result,
+        f"{tmp_path / 'experiment'}: holds 2 runs ({rows / 'aidnet-s2' / 'run'}, "
+        f"{rows / 'idnet-s2' / 'run'}); give one of them as --checkpoint",
+    )
+    assert record_runs == []
+
+
+@pytest.mark.parametrize("unfinished", [False, True])
+def test_checkpoint_folder_without_a_run_says_where_it_looked(unfinished, record_runs, tmp_path):
+    folder = tmp_path / "empty"
+    (folder / "cohort" / "images" / "deeper").mkdir(parents=True)
+    if unfinished:
+        (folder / "last.pt").write_bytes(b"weights")
+    result = run(*checkpoint_args("predict", folder, tmp_path))
+    one_line_error(
+        result,
+        f"{folder}: no checkpoint: looked for best.pt in it and in its folders up to 3 levels down",
+        "give a run folder (the --out of aidnet train) or a .pt file",
+    )
+    assert ("last.pt is there" in result.output) == unfinished
+    assert record_runs == []

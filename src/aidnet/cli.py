@@ -351,7 +351,7 @@ def evaluate(
     from aidnet.pipeline import evaluate_run
 
     metrics = evaluate_run(
-        checkpoint,
+        [find_run(c) for c in checkpoint],
         manifest,
         out,
         split=split,
@@ -385,7 +385,8 @@ def predict(
     from aidnet.pipeline.predict import predict_scans
 
     scans = [scan] if rescan is None else [scan, rescan]
-    result = predict_scans(checkpoint, scans, out, device=device, workers=workers)
+    checkpoints = [find_run(c) for c in checkpoint]
+    result = predict_scans(checkpoints, scans, out, device=device, workers=workers)
     line = (
         f"P(CAC) = {result['p_cac']:.3f}, predicted class {result['predicted_label']} "
         f"({result['model']})"
@@ -416,7 +417,13 @@ def explain(
     from aidnet.pipeline import explain_manifest
 
     written = explain_manifest(
-        checkpoint, manifest, out, limit=limit, cache_dir=cache, device=device, workers=workers
+        find_run(checkpoint),
+        manifest,
+        out,
+        limit=limit,
+        cache_dir=cache,
+        device=device,
+        workers=workers,
     )
     typer.echo(f"wrote heat maps for {len(written)} scans to {out}")
 
@@ -491,6 +498,39 @@ def lungs(
         for label in (1, 2)
     ]
     typer.echo(f"wrote {out} (right lung {litres[0]:.2f} L, left lung {litres[1]:.2f} L)")
+
+
+#: how deep below a --checkpoint folder runs are looked for (an experiment's: rows/<row>/run)
+RUN_SEARCH_DEPTH = 3
+
+
+def find_run(path: Path) -> Path:
+    """What ``--checkpoint PATH`` names: a checkpoint file or a run folder (one with best.pt) as
+    it is; a folder that holds one run further down (``make demo``'s runs/demo holds run/) →
+    that run, with a note. Several runs or none is one error line saying what was looked for.
+    A path that does not exist is left to the command (it says so in its own words)."""
+    if not path.is_dir() or (path / "best.pt").is_file():
+        return path
+    for depth in range(1, RUN_SEARCH_DEPTH + 1):
+        pattern = "/".join(["*"] * depth + ["best.pt"])
+        runs = sorted(p.parent for p in path.glob(pattern) if p.is_file())
+        if len(runs) == 1:
+            logging.getLogger("aidnet").warning(
+                "--checkpoint %s: using the run in %s", path, runs[0]
+            )
+            return runs[0]
+        if runs:
+            shown = ", ".join(str(r) for r in runs[:3]) + (", …" if len(runs) > 3 else "")
+            raise AidnetError(
+                f"{path}: holds {len(runs)} runs ({shown}); give one of them as --checkpoint"
+            )
+    unfinished = " (last.pt is there: the run has not written best.pt yet)"
+    raise AidnetError(
+        f"{path}: no checkpoint: looked for best.pt in it and in its folders up to "
+        f"{RUN_SEARCH_DEPTH} levels down"
+        f"{unfinished if (path / 'last.pt').is_file() else ''}; give a run folder "
+        "(the --out of aidnet train) or a .pt file"
+    )
 
 
 def _metrics_line(metrics: dict) -> str:
