@@ -584,3 +584,36 @@ def test_checkpoint_folder_without_a_run_says_where_it_looked(unfinished, record
     )
     assert ("last.pt is there" in result.output) == unfinished
     assert record_runs == []
+
+
+HEAVY = ("numpy", "scipy", "skimage", "torch", "nibabel", "SimpleITK", "pydicom", "matplotlib")
+
+
+def imported_by(code: str) -> list[str]:
+    """The HEAVY packages a fresh interpreter has imported after running ``code``."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+    return [name for name in HEAVY if name in loaded]
+
+
+def test_the_command_line_imports_what_a_command_needs_only_when_it_runs(tmp_path):
+    """`aidnet --help` builds every command without numpy, torch or the image libraries;
+    `aidnet lungs` reads, segments and writes without torch, scikit-image or matplotlib."""
+    from test_lung import synthetic_chest
+
+    assert imported_by("import aidnet.cli") == []
+    ras_nifti(synthetic_chest((40, 64, 64), (6.0, 6.0, 6.0))[0], tmp_path / "chest.nii.gz")
+    out = tmp_path / "lungs.nii.gz"
+    command = ["aidnet", "lungs", str(tmp_path / "chest.nii.gz"), "--out", str(out)]
+    loaded = imported_by(
+        f"import sys\nsys.argv = {command!r}\nfrom aidnet.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code"
+    )
+    assert {"numpy", "scipy", "nibabel"} <= set(loaded)
+    assert not {"torch", "skimage", "matplotlib"} & set(loaded)
+    assert out.read_bytes()[8] == 4  # gzip header: written at the fastest level (1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.morphology import convex_hull_image
 
 
 def slice_hulls(mask: np.ndarray, max_ratio: float = 2.0) -> np.ndarray:
@@ -16,6 +15,8 @@ def slice_hulls(mask: np.ndarray, max_ratio: float = 2.0) -> np.ndarray:
     bare mask: at the lower heart the lungs shrink to crescents around a large heart, and the
     bare mask would blank the heart (and its calcium) from the network input.
     """
+    from skimage.morphology import convex_hull_image  # 0.3 s to import: only where it is used
+
     mask = np.asarray(mask) != 0
     out = mask.copy()
     if not mask.any():
