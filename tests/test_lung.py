@@ -224,3 +224,51 @@ def test_cardiac_field_of_view_that_cuts_the_lungs(caplog):
         caplog.clear()
         segment_lungs(volume)  # the whole chest: no note
     assert "field of view" not in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_block_mean_is_the_blocks_summed_in_order(monkeypatch, dtype):
+    """Summed slab by slab (a few slices at a time), the mean is bit for bit the sum of the
+    fz·fy·fx strided blocks over the whole volume, remainders dropped."""
+    from aidnet.lung import grid
+
+    rng = np.random.default_rng(0)
+    array = (rng.normal(-400, 500, (23, 37, 41))).astype(dtype)
+    factors = (2, 3, 3)
+    nz, ny, nx = (n // f for n, f in zip(array.shape, factors, strict=True))
+    expected = np.zeros((nz, ny, nx), np.float32)
+    for i in range(2):
+        for j in range(3):
+            for k in range(3):
+                expected += array[i : nz * 2 : 2, j : ny * 3 : 3, k : nx * 3 : 3]
+    expected *= np.float32(1 / 18)
+    for slab_bytes in (1, 5000, 1 << 30):  # one working slice, a few, all at once
+        monkeypatch.setattr(grid, "SLAB_BYTES", slab_bytes)
+        assert np.array_equal(grid.block_mean(array, factors), expected)
+
+
+def test_blob_sizes_and_centres_are_scipys():
+    from scipy import ndimage
+
+    from aidnet.lung.components import SLICE_2D, blob_sizes_and_centres
+
+    mask = np.random.default_rng(1).random((7, 30, 40)) < 0.3
+    labels, n = ndimage.label(mask, structure=SLICE_2D)
+    index = np.arange(1, n + 1)
+    area, cz, cx = blob_sizes_and_centres(labels, n)
+    assert np.array_equal(area, ndimage.sum_labels(np.ones_like(labels), labels, index))
+    centres = np.asarray(ndimage.center_of_mass(mask, labels, index))
+    assert np.array_equal(cz, centres[:, 0]) and np.array_equal(cx, centres[:, 2])
+
+
+def test_axis_distance_of_voxels_is_the_full_grid_formula():
+    from aidnet.lung.components import axis_distance_mm
+
+    rng = np.random.default_rng(2)
+    shape, spacing = (6, 20, 30), (2.5, 0.7, 0.8)
+    cy, cx = rng.uniform(5, 15, 6), rng.uniform(5, 25, 6)
+    dy = (np.arange(20)[None, :, None] - cy[:, None, None]) * spacing[1]
+    dx = (np.arange(30)[None, None, :] - cx[:, None, None]) * spacing[2]
+    grid = np.sqrt(dy * dy + dx * dx).astype(np.float32)
+    zyx = np.unravel_index(rng.choice(np.prod(shape), 200, replace=False), shape)
+    assert np.array_equal(axis_distance_mm(zyx, spacing, (cy, cx)), grid[zyx])

@@ -64,15 +64,16 @@ def inner_air(air: np.ndarray, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ~outside[labels], cut[labels]
 
 
-def slice_stats(labels: np.ndarray, n: int, dist_mm: np.ndarray):
-    """Area (voxels) and minimum ``dist_mm`` of every (component, slice): arrays (n + 1, Z)."""
-    nz = labels.shape[0]
-    z = np.broadcast_to(np.arange(nz)[:, None, None], labels.shape)
-    sel = labels > 0
-    key = labels[sel].astype(np.int64) * nz + z[sel]
+def slice_stats(ids: np.ndarray, z: np.ndarray, dist_mm: np.ndarray, n: int, nz: int):
+    """Area (voxels) and minimum ``dist_mm`` of every (component, slice): arrays (n + 1, nz).
+
+    ``ids``, ``z`` and ``dist_mm`` describe the labelled voxels: component id, slice index and
+    distance of each.
+    """
+    key = ids.astype(np.int64) * nz + z
     area = np.bincount(key, minlength=(n + 1) * nz).reshape(n + 1, nz)
     mind = np.full((n + 1) * nz, np.inf)
-    _min_sorted(mind, key, dist_mm[sel])
+    _min_sorted(mind, key, dist_mm)
     return area, mind.reshape(n + 1, nz)
 
 
@@ -84,12 +85,14 @@ def _min_sorted(out: np.ndarray, key: np.ndarray, values: np.ndarray) -> None:
 
 
 def axis_distance_mm(
-    shape: tuple[int, int, int], spacing: tuple[float, float, float], axis_yx
+    zyx: tuple[np.ndarray, np.ndarray, np.ndarray], spacing: tuple[float, float, float], axis_yx
 ) -> np.ndarray:
-    """In-plane distance (mm) of every voxel from the per-slice body axis, float32 (Z, Y, X)."""
+    """In-plane distance (mm) of the voxels ``zyx`` (index arrays) from the per-slice body
+    axis, float32."""
+    z, y, x = zyx
     cy, cx = axis_yx
-    dy = (np.arange(shape[1])[None, :, None] - cy[:, None, None]) * spacing[1]
-    dx = (np.arange(shape[2])[None, None, :] - cx[:, None, None]) * spacing[2]
+    dy = (y - cy[z]) * spacing[1]
+    dx = (x - cx[z]) * spacing[2]
     return np.sqrt(dy * dy + dx * dx).astype(np.float32)
 
 
@@ -111,21 +114,38 @@ def select_lungs(
     labels, n = ndimage.label(candidates, structure=FACES_3D)
     if n == 0:
         return np.zeros_like(candidates, dtype=bool)
+    index = np.flatnonzero(labels)  # the statistics need only the labelled voxels
+    ids = labels.ravel()[index]
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml / 1000.0
+    sizes = np.bincount(ids, minlength=n + 1) * voxel_ml / 1000.0
     ok = (sizes >= volume_l[0]) & (sizes <= volume_l[1])
     ok[0] = False
     if not ok.any():
         return np.zeros_like(candidates, dtype=bool)
-    labels = np.where(ok[labels], labels, 0)
-    dist = axis_distance_mm(labels.shape, spacing, axis_yx)
-    area, mind = slice_stats(labels, n, dist)
+    keep = ok[ids]
+    zyx = np.unravel_index(index[keep], labels.shape)
+    dist = axis_distance_mm(zyx, spacing, axis_yx)
+    area, mind = slice_stats(ids[keep], zyx[0], dist, n, labels.shape[0])
     area_mm = area * (spacing[1] * spacing[2])
     big = area_mm > np.minimum(area_mm2, 0.5 * area_mm.max(axis=1, keepdims=True))
     with np.errstate(invalid="ignore"):
         mean_dist = np.where(big, mind, 0.0).sum(axis=1) / big.sum(axis=1)
     ok &= mean_dist < dist_mm
     return ok[labels]
+
+
+def blob_sizes_and_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel count and mean z and x index of components 1…n of ``labels`` (Z, Y, X).
+
+    What ``ndimage.sum_labels`` and ``ndimage.center_of_mass`` give, from one pass over the
+    labelled voxels; the sums are of integers, so they are exact in any order.
+    """
+    index = np.flatnonzero(labels)
+    ids = labels.ravel()[index]
+    area = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
+    z_sum = np.bincount(ids, weights=index // (labels.shape[1] * labels.shape[2]), minlength=n + 1)
+    x_sum = np.bincount(ids, weights=index % labels.shape[2], minlength=n + 1)
+    return area, z_sum[1:] / area, x_sum[1:] / area
 
 
 def remove_trachea(
@@ -144,9 +164,7 @@ def remove_trachea(
     labels, n = ndimage.label(mask[: top + 1], structure=SLICE_2D)
     if n == 0:
         return mask
-    index = np.arange(1, n + 1)
-    area = ndimage.sum_labels(np.ones_like(labels, dtype=np.float32), labels, index)
-    cz, _, cx = np.asarray(ndimage.center_of_mass(mask[: top + 1], labels, index)).T
+    area, cz, cx = blob_sizes_and_centres(labels, n)
     offset = np.abs(cx - axis_x[np.round(cz).astype(int)]) * spacing[2]
     airway = np.zeros(n + 1, dtype=bool)
     airway[1:] = (area * spacing[1] * spacing[2] < max_area_mm2) & (offset < max_offset_mm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 WORKING_MM = 2.5
+SLAB_BYTES = 1 << 20
 
 
 def working_factors(
@@ -22,14 +23,23 @@ def working_factors(
 
 
 def block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Float32 mean over (fz, fy, fx) blocks; a remainder that fills no whole block is dropped."""
+    """Float32 mean over (fz, fy, fx) blocks; a remainder that fills no whole block is dropped.
+
+    Summed over slabs of about 1 MiB so that the fz·fy·fx strided passes read each slab from
+    the cache instead of the whole scan from memory again (same order of additions, same result).
+    """
     fz, fy, fx = factors
     nz, ny, nx = (n // f for n, f in zip(array.shape, factors, strict=True))
     out = np.zeros((nz, ny, nx), dtype=np.float32)
-    for i in range(fz):
-        for j in range(fy):
-            for k in range(fx):
-                out += array[i : nz * fz : fz, j : ny * fy : fy, k : nx * fx : fx]
+    slab_bytes = fz * array.shape[1] * array.shape[2] * array.itemsize
+    step = max(1, SLAB_BYTES // max(1, slab_bytes))
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        part, sums = array[z0 * fz : z1 * fz], out[z0:z1]
+        for i in range(fz):
+            for j in range(fy):
+                for k in range(fx):
+                    sums += part[i::fz, j : ny * fy : fy, k : nx * fx : fx]
     out *= np.float32(1.0 / (fz * fy * fx))
     return out
 
