@@ -45,8 +45,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path
     """Write a (z, y, x) array with its (z, y, x) affine as NIfTI, atomically.
 
     The array's dtype is kept (use int16 for HU, uint8 for label maps, float32 for heat maps).
-    A ``.nii.gz`` is compressed at gzip level 1 (nibabel's default): a label map or heat map is
-    mostly zeros, so higher levels take several times longer for a few percent smaller files.
+    A ``.nii.gz`` is compressed at gzip level 1 (nibabel's default), the fastest: higher levels
+    make a label map smaller but take several times longer to write.
     """
     import nibabel as nib
 

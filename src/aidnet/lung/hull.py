@@ -15,7 +15,7 @@ def slice_hulls(mask: np.ndarray, max_ratio: float = 2.0) -> np.ndarray:
     bare mask: at the lower heart the lungs shrink to crescents around a large heart, and the
     bare mask would blank the heart (and its calcium) from the network input.
     """
-    from skimage.morphology import convex_hull_image  # 0.3 s to import: only where it is used
+    from skimage.morphology import convex_hull_image  # slow to import: only where it is used
 
     mask = np.asarray(mask) != 0
     out = mask.copy()
