@@ -257,8 +257,8 @@ def test_gradcam_is_kept_on_the_calcium_only_for_a_map_on_calcium(tmp_path, on_c
     """AID-Net's calcium head multiplies its map before GAP by the calcium channel, so its
     Grad-CAM on the scan's grid is kept on the scan's calcium candidates; any other model's
     Grad-CAM is left as the network computed it."""
+    from aidnet.explain.maps import original_maps
     from aidnet.pipeline.common import Trained
-    from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess.geometry import CropGeometry
 
     size = (8, 8, 8)

@@ -327,9 +327,9 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     assert not (out / evaluate_module.LOCALISATION_LOG).exists()  # gone with the outputs written
 
     # killed after the first scan, then run again: the rest is computed, nothing twice
-    import aidnet.pipeline.explain as explain_module
+    import aidnet.explain.scoring as scoring_module
 
-    real, calls = explain_module.localise_item, []
+    real, calls = scoring_module.localise_item, []
 
     def dies_after_one(model, item, base):
         if calls:
@@ -342,12 +342,12 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
         return real(model, item, base)
 
     again = tmp_path / "again"
-    monkeypatch.setattr(explain_module, "localise_item", dies_after_one)
+    monkeypatch.setattr(scoring_module, "localise_item", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
         evaluate_module.evaluate_run(trained.path, manifest, again, cache_dir=cache, n_boot=0)
     assert not (again / "metrics.json").exists()
     assert (again / evaluate_module.LOCALISATION_LOG).is_file()
-    monkeypatch.setattr(explain_module, "localise_item", counted)
+    monkeypatch.setattr(scoring_module, "localise_item", counted)
     evaluate_module.evaluate_run(trained.path, manifest, again, cache_dir=cache, n_boot=0)
     assert sorted(calls) == sorted(r.key for r in records)
     assert (again / "localisation.csv").read_text() == (out / "localisation.csv").read_text()

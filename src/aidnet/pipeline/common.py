@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -13,26 +11,8 @@ from aidnet.data.datasets import Item
 from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_splits
 from aidnet.errors import AidnetError
+from aidnet.inference import Trained
 from aidnet.training.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-
-
-@dataclass
-class Trained:
-    model: Any  # on ``device``, in eval mode
-    spec: dict
-    path: Path
-    run_dir: Path | None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False  # trained with mixed precision on GPUs (the saved config's ``amp``)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.spec["num_classes"])
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        z, y, x = self.spec["input_size"]
-        return int(z), int(y), int(x)
 
 
 def load_trained(checkpoint: Path) -> Trained:

@@ -69,9 +69,9 @@ def evaluate_run(
         write_predictions_csv,
     )
     from aidnet.explain.localisation import write_localisation_csv
-    from aidnet.pipeline.explain import localisation_summary, localise_item
+    from aidnet.explain.scoring import localisation_summary, localise_item
+    from aidnet.inference import PREDICT_BATCH, predict_items
     from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
-    from aidnet.training.loop import PREDICT_BATCH, predict_items
     from aidnet.training.precision import check_bf16
 
     members = load_ensemble(checkpoint, dev)

@@ -7,7 +7,6 @@ scans' predicted classes is flagged (in a scan–rescan pair the calcium should 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,9 @@ from aidnet.io.volume import Volume
 from aidnet.pipeline.common import Trained, ensemble_name, load_ensemble
 from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.sample import Sample
+from aidnet.training.checkpoint import file_sha256
 
 CLASS_NAMES = {2: ["no CAC", "CAC"], 3: ["0", "1-399", ">=400"]}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -103,10 +95,10 @@ def explain_prepared(members: list[Trained], volume: Volume, sample: Sample) -> 
     """Classify one preprocessed scan, with its Grad-CAM (and SAG attention) map, each model on
     its own device; for an ensemble the class probabilities are averaged, and so is each heat
     map all members have, rescaled to a maximum of 1."""
-    from aidnet.evaluation.metrics import class_probs
     from aidnet.explain.gradcam import normalise
+    from aidnet.explain.maps import original_maps
+    from aidnet.inference import class_probs
     from aidnet.pipeline.device import autocast_dtype
-    from aidnet.pipeline.explain import original_maps
     from aidnet.preprocess.sample import on_original_grid
 
     calcium = on_original_grid(sample.calcium, sample.geometry.crop_box, volume.shape)
@@ -154,8 +146,8 @@ def predict_scans(
     The networks and heat maps run on ``device`` (see :mod:`aidnet.pipeline.device`); a scan
     and its rescan are read and preprocessed in ``workers`` processes."""
     from aidnet.evaluation.predictions import class_columns, write_metrics_json
+    from aidnet.explain.maps import write_maps
     from aidnet.pipeline.device import resolve_device
-    from aidnet.pipeline.explain import write_maps
 
     if not 1 <= len(scans) <= 2:
         raise AidnetError("give one scan, or a scan and its rescan")

@@ -27,7 +27,7 @@ def fingerprint(item: Item, base: Path | None = None) -> str:
     """What must not have changed for a scan's logged result to stand: its cache file (input
     file and preprocessing) and, if its manifest row names one (relative to ``base``), the
     size and modification time of its label map."""
-    from aidnet.pipeline.explain import label_path_of
+    from aidnet.explain.scoring import label_path_of
 
     parts = [Path(item.cache).name]
     label = None if base is None else label_path_of(item.record, base)
@@ -43,7 +43,7 @@ def fingerprint(item: Item, base: Path | None = None) -> str:
 def job_context(job: str, checkpoint: Path) -> dict:
     """What a log's lines must share to be reused: the job, the checkpoint and aidnet's version."""
     from aidnet import __version__
-    from aidnet.pipeline.predict import file_sha256
+    from aidnet.training.checkpoint import file_sha256
 
     digest = file_sha256(checkpoint) if Path(checkpoint).is_file() else None
     return {"job": job, "checkpoint": str(checkpoint), "sha256": digest, "aidnet": __version__}

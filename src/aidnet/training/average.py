@@ -8,23 +8,25 @@ averaged the same way; integer buffers (the batch counters) are copied.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
 from aidnet.training.checkpoint import cpu_weights
 
+M = TypeVar("M", bound=torch.nn.Module)
 
-class WeightAverage:
+
+class WeightAverage(Generic[M]):
     """``shadow = d·shadow + (1 − d)·weights`` after each step, with ``d = min(decay, (1 + n) /
     (10 + n))`` at the n-th update, so that the first steps' random weights fade quickly."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must lie between 0 and 1, not {decay}")
         self.decay = decay
         self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        self.module: M = copy.deepcopy(model).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import zipfile
@@ -74,6 +75,15 @@ def _unreadable(path: Path, exc: Exception, is_zip: bool) -> str:
         )
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"a damaged PyTorch file: {first[:160]}"
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file (a checkpoint's, in ``prediction.json`` and the resume logs)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_checkpoint(run_or_file: Path, which: str = "best") -> Path:

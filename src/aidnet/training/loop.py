@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,11 @@ from aidnet.models.registry import HEADED
 from aidnet.training.average import WeightAverage
 from aidnet.training.batches import BatchList
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
+from aidnet.training.distributed import Processes
 from aidnet.training.guard import Guard, GuardEvent
 from aidnet.training.logs import LOSS_PARTS
 from aidnet.training.precision import check_bf16, cpu_bf16
-
-#: scans per batch when predicting (validation, evaluation)
-PREDICT_BATCH = 4
+from aidnet.training.validation import validation_scores
 
 
 @dataclass
@@ -134,62 +134,6 @@ def model_spec(config: Config) -> dict:
     }
 
 
-@torch.no_grad()
-def predict_items(
-    model,
-    items: list[Item],
-    num_classes: int,
-    device: torch.device,
-    desc: str | None = None,
-    map_sums: list[float] | None = None,
-    amp: torch.dtype | None = None,
-) -> np.ndarray:
-    """Class probabilities (N, C) of single scans through one path of the model; with ``desc``
-    a progress bar of that name on a terminal. With ``map_sums`` a list, each scan's sum of its
-    map before global average pooling is appended to it. With ``amp`` a dtype, the network runs
-    under autocast to it (the probabilities are computed in float32)."""
-    from tqdm import tqdm
-
-    from aidnet.evaluation.metrics import class_probs
-
-    model.eval()
-    loader = DataLoader(
-        ScanDataset(items, num_classes, with_target=False), batch_size=PREDICT_BATCH
-    )
-    out = []
-    bar = tqdm(loader, desc=desc, unit="batch", disable=None if desc else True, leave=False)
-    for image, _, _ in bar:
-        with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
-            single = model.forward_single(image.to(device))
-        out.append(class_probs(single.logits).cpu().numpy())
-        if map_sums is not None:
-            map_sums.extend(single.features.flatten(1).float().sum(1).cpu().tolist())
-    return np.concatenate(out) if out else np.zeros((0, num_classes))
-
-
-def validation_scores(
-    model, items: list[Item], config: Config, device, amp: torch.dtype | None = None
-) -> tuple[float, float, float]:
-    """Validation AUC, accuracy and, for a model whose map is on calcium (the calcium head),
-    the share of CAC-positive scans whose map holds any evidence (NaN for other models or
-    without such scans). A share of 0 is a dead map: the decision then rests on the attention
-    features alone and Grad-CAM has nothing to show. ``amp``: the training's autocast dtype."""
-    from aidnet.evaluation.metrics import binary_metrics
-
-    if not items:
-        return float("nan"), float("nan"), float("nan")
-    sums: list[float] | None = [] if model.map_on_calcium else None
-    probs = predict_items(model, items, config.num_classes, device, map_sums=sums, amp=amp)
-    p_cac = probs[:, 1:].sum(axis=1)
-    y = np.array([int((i.record.label or 0) > 0) for i in items])
-    metrics = binary_metrics(y, p_cac, n_boot=0)
-    auc = metrics["auc"]
-    live = float("nan")
-    if sums is not None and y.any():
-        live = float(np.mean(np.asarray(sums)[y == 1] > 0))
-    return (float("nan") if auc is None else float(auc)), float(metrics["accuracy"]), live
-
-
 def learning_rate(config: Config, epoch: int, scale: float = 1.0) -> float:
     """The learning rate of an epoch: constant, or cosine-decayed over the run; ``scale`` is
     the training guard's reduction after its recoveries (1: none)."""
@@ -230,6 +174,20 @@ def _amp_dtype(dev: torch.device, config: Config, warn: bool = True) -> torch.dt
     return cpu_bf16(config.cpu_amp, "cpu_amp", warn) if dev.type == "cpu" else None
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads and where it writes: the manifest, the run folder, the cache folder
+    (None: ``out/cache``) and its preprocessing processes, whether to show progress, and a
+    given subject split (see :func:`prepare_data`)."""
+
+    manifest: Path
+    out: Path
+    cache_dir: Path | None = None
+    workers: int = 1
+    progress: bool = True
+    splits: Path | None = None
+
+
 def train(
     config: Config,
     manifest: Path,
@@ -248,61 +206,77 @@ def train(
 
     Started by ``torchrun``, every process runs this; see :mod:`aidnet.training.distributed`.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     from aidnet.training.distributed import start_processes
 
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise AidnetError(f"{out}: a run already exists here; add --resume or choose another --out")
-    if resume and not last.exists() and not (out / "config.yaml").exists():
-        raise AidnetError(f"{out}: nothing to resume (no last.pt or config.yaml)")
-    labelled_records(manifest)  # a bad manifest fails here, before the run folder exists
-    if splits is not None:
-        read_given_splits(splits)  # and so does a bad split file
+    run = RunInputs(manifest, out, cache_dir, workers, progress, splits)
+    _check_inputs(run, resume)
     procs, dev = start_processes(device)
     try:
-
-        def setup(main: bool) -> tuple[Config, RunData]:
-            cfg = config
-            if resume and (out / "config.yaml").exists():
-                cfg = read_saved_config(out / "config.yaml")
-            elif main:
-                out.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, out / "config.yaml")
-            data = prepare_data(
-                cfg,
-                manifest,
-                out,
-                cache_dir=cache_dir,
-                workers=workers,
-                progress=progress and main,
-                write=main,
-                splits=splits,
-            )
-            if main:  # evaluate/explain of this run find its cache
-                record_cache_dir(out, cache_dir or out / "cache")
-            return cfg, data
-
-        config, data = procs.main_first(setup)
+        config, data = procs.main_first(partial(_setup_run, run, config, resume))
         if procs.main:
             for key, error in data.failures.items():
                 print(f"skipped {key}: {error}")
         torch.manual_seed(config.seed)
         if dev.type == "cuda":  # one input size for the whole run: let cuDNN pick its kernels
             torch.backends.cudnn.benchmark = True
-        model: Any = model_for(config).to(dev)
-        net: Any = model
-        if procs.distributed:
-            if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            net = DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
-        trainer = Trainer(config, data, manifest, out, model, net, procs, dev, progress)
-        return trainer.fit(resume)
+        model, net = _networks(config, procs, dev)
+        return Trainer(config, data, run, model=model, net=net, procs=procs, dev=dev).fit(resume)
     finally:
         procs.close()
+
+
+def _check_inputs(run: RunInputs, resume: bool) -> None:
+    """What can be wrong with the run folder, the manifest or a given split fails here, before
+    the run folder is written."""
+    last = run.out / "last.pt"
+    if last.exists() and not resume:
+        raise AidnetError(
+            f"{run.out}: a run already exists here; add --resume or choose another --out"
+        )
+    if resume and not last.exists() and not (run.out / "config.yaml").exists():
+        raise AidnetError(f"{run.out}: nothing to resume (no last.pt or config.yaml)")
+    labelled_records(run.manifest)
+    if run.splits is not None:
+        read_given_splits(run.splits)
+
+
+def _setup_run(run: RunInputs, config: Config, resume: bool, main: bool) -> tuple[Config, RunData]:
+    """The run's configuration (the saved one when resuming) and its data. Process 0
+    (``main``) writes ``config.yaml``, the split and the cache; the others read them."""
+    out = run.out
+    if resume and (out / "config.yaml").exists():
+        config = read_saved_config(out / "config.yaml")
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    data = prepare_data(
+        config,
+        run.manifest,
+        out,
+        cache_dir=run.cache_dir,
+        workers=run.workers,
+        progress=run.progress and main,
+        write=main,
+        splits=run.splits,
+    )
+    if main:  # evaluate/explain of this run find its cache
+        record_cache_dir(out, run.cache_dir or out / "cache")
+    return config, data
+
+
+def _networks(config: Config, procs: Processes, dev: torch.device) -> tuple[CACNet, Any]:
+    """A new network of the configuration on ``dev`` (from torch's seed), and what the steps
+    call: the network itself, or under ``torchrun`` its DistributedDataParallel wrapper (with
+    batch statistics over the global batch on GPUs)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = model_for(config).to(dev)
+    if not procs.distributed:
+        return model, model
+    if dev.type == "cuda":  # batch statistics over the global batch (not on CPU/gloo)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return model, net
 
 
 def selectable(config: Config, epoch: int) -> bool:
@@ -380,29 +354,27 @@ class Trainer:
     recoveries and the checkpoints (``last.pt`` at every epoch end and every few minutes,
     ``good.pt`` at the end of every epoch the guard passed, ``best.pt`` as selected)."""
 
-    def __init__(self, config, data, manifest, out, model, net, procs, dev, progress) -> None:
+    def __init__(
+        self,
+        config: Config,
+        data: RunData,
+        run: RunInputs,
+        *,
+        model: CACNet,
+        net: Any,
+        procs: Processes,
+        dev: torch.device,
+    ) -> None:
         from aidnet.losses import PairLoss
 
-        self.config, self.data, self.manifest, self.out = config, data, manifest, out
+        self.config, self.data, self.run = config, data, run
+        self.manifest, self.out, self.progress = run.manifest, run.out, run.progress
         self.model, self.net, self.procs, self.dev = model, net, procs, dev
-        self.progress = progress
-        self.siamese = bool(model.siamese)
-        self.calcium = bool(model.map_on_calcium)
-        shift = config.max_shift if config.augment else 0
+        self.siamese, self.calcium = model.siamese, model.map_on_calcium
         # a step sees the same number of scans for every model: batch_size pairs, or twice as
         # many single scans for the baselines
         self.scans_per_pair = 1 if self.siamese else 2
-        if self.siamese:
-            pairs = make_pairs(data.items["train"])
-            if not pairs:
-                raise AidnetError(f"{manifest}: no training subject has two labelled scans to pair")
-            self.train_set: PairDataset | ScanDataset = PairDataset(
-                pairs, config.num_classes, max_shift=shift, seed=config.seed
-            )
-        else:
-            self.train_set = ScanDataset(
-                data.items["train"], config.num_classes, max_shift=shift, seed=config.seed
-            )
+        self.train_set = self._train_set()
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -422,19 +394,35 @@ class Trainer:
         self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         self.guard = Guard(config.num_classes)
         self.state = TrainState()
-        self.last, self.good = out / "last.pt", out / "good.pt"
+        self.last, self.good = self.out / "last.pt", self.out / "good.pt"
         self.epoch_steps = 0
         self.event_step = 0  # the step of the guard's last event
         # one loader for the whole run (workers that outlive an epoch); each epoch sets the
         # sampler's batches of (epoch, index) keys
         self.sampler = BatchList()
-        workers = config.num_workers
-        self.loader = DataLoader(
+        self.loader = self._loader()
+
+    def _train_set(self) -> PairDataset | ScanDataset:
+        """The training split as scan–rescan pairs (Siamese models) or single scans."""
+        config, items = self.config, self.data.items["train"]
+        shift = config.max_shift if config.augment else 0
+        if not self.siamese:
+            return ScanDataset(items, config.num_classes, max_shift=shift, seed=config.seed)
+        pairs = make_pairs(items)
+        if not pairs:
+            raise AidnetError(
+                f"{self.manifest}: no training subject has two labelled scans to pair"
+            )
+        return PairDataset(pairs, config.num_classes, max_shift=shift, seed=config.seed)
+
+    def _loader(self) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(
             self.train_set,
             batch_sampler=self.sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=dev.type == "cuda",
+            pin_memory=self.dev.type == "cuda",
         )
 
     # -- checkpoints -------------------------------------------------------------------------

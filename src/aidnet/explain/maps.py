@@ -1,0 +1,76 @@
+"""One scan's heat maps on its original grid and their files: the path that ``explain``,
+``evaluate`` and ``predict`` share from a network input to NIfTI maps and PNG overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aidnet.data.cache import CachedScan
+from aidnet.inference import Trained
+from aidnet.io.volume import Volume
+from aidnet.preprocess.geometry import CropGeometry
+
+
+def original_maps(
+    trained: Trained,
+    image: np.ndarray,
+    geometry: CropGeometry,
+    calcium: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The heat maps of one network input ``image`` (2×Z×Y×X) (see
+    :func:`aidnet.explain.gradcam.network_maps`), mapped back through its
+    :class:`CropGeometry` to the original canonical grid: float32 in [0, 1], high = important.
+
+    With ``calcium`` (the scan's calcium candidates on that grid, see
+    :func:`aidnet.preprocess.calcium_candidates`) the integrated gradients are kept on those voxels
+    only, and the SAG map also comes as ``attention_calcium``, each rescaled to a maximum of 1.
+    So is Grad-CAM when the model's map before global average pooling is itself kept on the
+    calcium (``map_on_calcium``, AID-Net's calcium head): that map is the network's features
+    times its calcium channel, and the calcium channel is these candidates resampled, so on the
+    scan's grid the map belongs on them too. A network voxel spans several of the scan's (8 mm
+    along z at the demo size), and this puts the peak on the calcium inside it rather than at
+    its centre.
+    """
+    from aidnet.explain.gradcam import network_maps, normalise
+
+    x = torch.from_numpy(image)[None].to(trained.device)
+    maps = {
+        name: geometry.to_original(net_map).astype(np.float32)
+        for name, net_map in network_maps(trained.model, x).items()
+    }
+    if calcium is not None:
+        if trained.model.map_on_calcium:
+            maps["gradcam"] = normalise(maps["gradcam"] * calcium)
+        maps["integrated_gradients"] = normalise(maps["integrated_gradients"] * calcium)
+        if "attention" in maps:
+            maps["attention_calcium"] = normalise(maps["attention"] * calcium)
+    return maps
+
+
+def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume) -> np.ndarray:
+    """The calcium candidates of a cached scan, recomputed on its original grid."""
+    from aidnet.preprocess import calcium_candidates
+    from aidnet.preprocess.config import config_from_dict
+
+    config = config_from_dict(cached.config, geometry.network_shape)
+    return calcium_candidates(volume, config)
+
+
+def write_maps(
+    maps: dict[str, np.ndarray], geometry: CropGeometry, volume: Volume, out: Path, key: str
+) -> dict[str, Path]:
+    """Each map (on the original canonical grid) as ``out/<key>_<name>.nii.gz`` on the input
+    file's own grid and affine, and as ``out/<key>_<name>.png`` (slices through its peak)."""
+    from aidnet.explain.overlay import save_overlay_png
+    from aidnet.io.nifti import write_nifti
+
+    written: dict[str, Path] = {}
+    for name, original in maps.items():
+        written[name] = write_nifti(*geometry.to_source(original), out / f"{key}_{name}.nii.gz")
+        png = out / f"{key}_{name}.png"
+        save_overlay_png(volume.array, original, volume.spacing, png, title=f"{key} — {name}")
+        written[f"{name}_png"] = png
+    return written
