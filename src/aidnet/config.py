@@ -1,6 +1,14 @@
 """Run configuration: one frozen dataclass, presets as YAML files, CLI overrides on top.
 
-The resolved configuration is saved beside every checkpoint (``RUN/config.yaml``).
+A setting's value comes from the first of these that names it: a CLI flag; the YAML file
+given (``--preset my.yaml``); the preset that file names with ``preset:`` (``demo`` when it
+names none); the field's default in :class:`Config`. A preset file is read the same way, from
+its own name down. So each layer holds only what it changes, and a file that sets three keys
+runs the preset's recipe with those three changed.
+
+The resolved configuration is saved beside every checkpoint (``RUN/config.yaml``) and read back
+as it is (:func:`read_saved_config`), with no preset under it: a resumed run keeps the settings
+it started with whatever the presets say today.
 """
 
 from __future__ import annotations
@@ -16,13 +24,19 @@ import yaml
 from aidnet.errors import AidnetError
 
 PRESETS = ("tiny", "demo", "paper", "full")
+#: the preset a YAML file starts from when it names none, and the CLI's ``--preset``
+DEFAULT_PRESET = "demo"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a training run depends on (paper §2.4 defaults in the ``paper`` preset)."""
+    """Everything a training run depends on (the paper's recipe is the ``paper`` preset).
 
-    preset: str = "demo"
+    A field's default is its value where no preset names it: off for every optional part, and
+    for settings added over time the value that runs saved before them were trained with.
+    """
+
+    preset: str = DEFAULT_PRESET
     model: str = "aidnet"
     input_size: tuple[int, int, int] = (32, 48, 64)  # (Z, Y, X) network grid
     features: tuple[int, ...] = (16, 32, 64, 128)
@@ -121,7 +135,9 @@ class Config:
         return self
 
 
-def _from_mapping(data: dict[str, Any], source: str) -> Config:
+def _settings(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A mapping of configuration keys checked and in :class:`Config`'s terms (``lambda`` is
+    ``lambda_``, sizes are tuples); an unknown key is one AidnetError line."""
     data = dict(data)
     if "lambda" in data:
         data["lambda_"] = data.pop("lambda")
@@ -132,29 +148,53 @@ def _from_mapping(data: dict[str, Any], source: str) -> Config:
     for key in ("input_size", "features"):
         if key in data:
             data[key] = tuple(int(v) for v in data[key])
-    return Config(**data)
+    return data
 
 
-def load_config(preset_or_path: str, **overrides: Any) -> Config:
-    """A preset name (tiny, demo, paper) or a YAML file, with non-None overrides applied."""
-    path = Path(preset_or_path)
-    if preset_or_path in PRESETS:
-        text = resources.files("aidnet.presets").joinpath(f"{preset_or_path}.yaml").read_text()
-        source = f"preset {preset_or_path}"
-    elif path.suffix in (".yaml", ".yml") and path.is_file():
-        text = path.read_text()
-        source = str(path)
-    else:
-        raise AidnetError(
-            f"{preset_or_path}: not a preset ({', '.join(PRESETS)}) nor a YAML config file"
-        )
+def _from_mapping(data: dict[str, Any], source: str) -> Config:
+    return Config(**_settings(data, source))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise AidnetError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise AidnetError(f"{source}: expected a mapping of configuration keys")
-    config = _from_mapping(data, source)
+    return _settings(data, source)
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """What the preset ``name`` sets (its file's keys, in :class:`Config`'s terms)."""
+    text = resources.files("aidnet.presets").joinpath(f"{name}.yaml").read_text()
+    return _read_yaml(text, f"preset {name}")
+
+
+def load_config(preset_or_path: str, **overrides: Any) -> Config:
+    """A preset name (tiny, demo, paper, full) or a YAML file, with non-None overrides applied.
+
+    A YAML file starts from the preset its ``preset`` key names (``demo`` without one) and
+    changes the keys it sets; see the module docstring.
+    """
+    path = Path(preset_or_path)
+    if preset_or_path in PRESETS:
+        settings = preset_settings(preset_or_path)
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        own = _read_yaml(path.read_text(), str(path))
+        base = own.get("preset", DEFAULT_PRESET)
+        if base not in PRESETS:
+            raise AidnetError(
+                f"{path}: preset {base!r} is not one of {', '.join(PRESETS)}; name the preset "
+                "this file starts from, or leave the key out to start from "
+                f"{DEFAULT_PRESET}"
+            )
+        settings = {**preset_settings(base), **own}
+    else:
+        raise AidnetError(
+            f"{preset_or_path}: not a preset ({', '.join(PRESETS)}) nor a YAML config file"
+        )
+    config = Config(**settings)
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
         config = dataclasses.replace(config, **changes)
