@@ -52,8 +52,8 @@ def _fails_checksum(path: Path) -> bool:
     """Whether a member of the zip-format file ``path`` no longer matches its CRC-32.
 
     PyTorch writes a CRC-32 for every member but does not check it when loading, so a
-    checkpoint damaged on disk would load with wrong weights. Reading it all once more is
-    cheap beside loading it (docs/results.md)."""
+    checkpoint damaged on disk would load with wrong weights. Reading it all once more costs
+    time in proportion to its size (docs/results.md)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.testzip() is not None
