@@ -48,10 +48,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("aidnet.cli",)),
 ]
 
-#: Import cycles still being removed, each named: data/cache.py ↔ data/job.py (the cache's
-#: job runs preprocessing and writes through the cache's helpers; issue 33, in hand).
-KNOWN_CYCLES: list[set[str]] = [{"aidnet.data.cache", "aidnet.data.job"}]
-
 
 def modules() -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name)."""
@@ -173,7 +169,7 @@ def test_no_module_imports_from_a_higher_layer():
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
+    found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" ↔ ".join(sorted(c)) for c in found)
 
 
