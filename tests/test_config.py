@@ -54,9 +54,13 @@ def test_what_the_yaml_says_wins_over_the_preset_and_flags_over_both(tmp_path):
     assert load_config(path, grad_clip=5.0, epochs=None).grad_clip == 5.0
 
 
-def test_a_yaml_naming_no_preset_we_have_is_one_line(tmp_path):
+def test_a_yaml_naming_no_preset_we_have_is_one_line_unless_it_sets_everything(tmp_path):
     with pytest.raises(AidnetError, match="preset 'mystudy' is not one of tiny, demo"):
         load_config(_yaml(tmp_path, "preset: mystudy\nepochs: 3\n"))
+    # a complete recipe (a run's saved config.yaml, relabelled) needs no preset under it
+    complete = dataclasses.replace(load_config("tiny"), preset="mystudy", epochs=3)
+    save_config(complete, tmp_path / "mine.yaml")
+    assert load_config(str(tmp_path / "mine.yaml")) == complete
     with pytest.raises(AidnetError, match="unknown configuration keys: learning_rate"):
         load_config(_yaml(tmp_path, "preset: paper\nlearning_rate: 0.1\n"))
 

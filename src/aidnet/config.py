@@ -2,7 +2,8 @@
 
 A setting's value comes from the first of these that names it: a CLI flag; the YAML file
 given (``--preset my.yaml``); the preset that file names with ``preset:`` (``demo`` when it
-names none); the field's default in :class:`Config`. A preset file is read the same way, from
+names none; a file that sets every setting, as a run's saved config.yaml does, may carry any
+label there); the field's default in :class:`Config`. A preset file is read the same way, from
 its own name down. So each layer holds only what it changes, and a file that sets three keys
 runs the preset's recipe with those three changed.
 
@@ -171,25 +172,34 @@ def preset_settings(name: str) -> dict[str, Any]:
     return _read_yaml(text, f"preset {name}")
 
 
+def _base_settings(own: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the YAML file ``path`` (its settings ``own``) starts from: the preset it names, or
+    ``demo``. A file that sets everything (a run's saved config.yaml) starts from nothing, so
+    its ``preset`` may be any label; a file that leaves settings out must name a preset."""
+    name = own.get("preset", DEFAULT_PRESET)
+    if name in PRESETS:
+        return preset_settings(name)
+    if set(own) >= {f.name for f in dataclasses.fields(Config)} - {"preset"}:
+        return {}
+    raise AidnetError(
+        f"{path}: preset {name!r} is not one of {', '.join(PRESETS)}: a configuration file "
+        "that leaves settings out starts from the preset it names (or from "
+        f"{DEFAULT_PRESET} without a preset key)"
+    )
+
+
 def load_config(preset_or_path: str, **overrides: Any) -> Config:
     """A preset name (tiny, demo, paper, full) or a YAML file, with non-None overrides applied.
 
     A YAML file starts from the preset its ``preset`` key names (``demo`` without one) and
-    changes the keys it sets; see the module docstring.
+    changes the keys it sets; see the module docstring and :func:`_base_settings`.
     """
     path = Path(preset_or_path)
     if preset_or_path in PRESETS:
         settings = preset_settings(preset_or_path)
     elif path.suffix in (".yaml", ".yml") and path.is_file():
         own = _read_yaml(path.read_text(), str(path))
-        base = own.get("preset", DEFAULT_PRESET)
-        if base not in PRESETS:
-            raise AidnetError(
-                f"{path}: preset {base!r} is not one of {', '.join(PRESETS)}; name the preset "
-                "this file starts from, or leave the key out to start from "
-                f"{DEFAULT_PRESET}"
-            )
-        settings = {**preset_settings(base), **own}
+        settings = {**_base_settings(own, path), **own}
     else:
         raise AidnetError(
             f"{preset_or_path}: not a preset ({', '.join(PRESETS)}) nor a YAML config file"
