@@ -20,6 +20,7 @@ from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
 from benchmarks.evaluate_workers import bench_evaluate_workers
 from benchmarks.models import bench_models, bench_models_gpu
 from benchmarks.preprocess import bench_preprocess
+from benchmarks.startup import bench_startup
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
@@ -69,6 +70,7 @@ BENCHES = {
     "cohort_workers": bench_cohort_workers,
     "cohort_resume": lambda repeats: bench_cohort_resume(),
     "evaluate_workers": bench_evaluate_workers,
+    "startup": bench_startup,
 }
 
 
