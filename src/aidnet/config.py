@@ -73,6 +73,9 @@ class Config:
     test_fraction: float = 0.2
     augment: bool = True
     max_shift: int = 2  # voxels of random translation on the network grid
+    # with augment: scanner variation on the CT channel — a random HU offset and gain, noise and
+    # a blur along z (thicker slices); never a left-right flip (data/augment.py)
+    augment_intensity: bool = False
     num_workers: int = 0  # DataLoader worker processes
     amp: bool = True  # mixed precision on GPUs (bfloat16 where supported, else float16)
     # bfloat16 autocast on CPUs too (training and validation): about twice as fast where the CPU

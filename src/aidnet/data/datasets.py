@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aidnet.data.augment import scanner_variation
 from aidnet.data.cache import load_cached
 from aidnet.data.manifest import ScanRecord
 
@@ -56,9 +57,12 @@ def shift(image: torch.Tensor, offsets: tuple[int, int, int]) -> torch.Tensor:
 
 
 class _Base(Dataset):
-    def __init__(self, num_classes: int, max_shift: int = 0, seed: int = 0):
+    def __init__(
+        self, num_classes: int, max_shift: int = 0, seed: int = 0, intensity: bool = False
+    ):
         self.num_classes = num_classes
         self.max_shift = max_shift
+        self.intensity = intensity
         self.seed = seed
         self.epoch = 0
 
@@ -77,10 +81,12 @@ class _Base(Dataset):
         if rng is not None and self.max_shift > 0:
             offsets = rng.integers(-self.max_shift, self.max_shift + 1, size=3)
             image = shift(image, (int(offsets[0]), int(offsets[1]), int(offsets[2])))
+        if rng is not None and self.intensity:
+            image = scanner_variation(image, rng)
         return image
 
     def _rng(self, epoch: int, index: int) -> np.random.Generator | None:
-        if self.max_shift <= 0:
+        if self.max_shift <= 0 and not self.intensity:
             return None
         return np.random.default_rng([self.seed, epoch, index])
 

@@ -13,10 +13,11 @@ from aidnet.atomic import atomic_path
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume, canonical_affine
 from aidnet.phantom.anatomy import draw_subject
-from aidnet.phantom.render import LABEL_CORONARY, render_visit
+from aidnet.phantom.render import KERNELS, LABEL_CORONARY, render_visit
 from aidnet.phantom.shapes import Grid
 
 VISITS = ("scan", "rescan")
+KERNEL_NAMES = tuple(KERNELS)
 COLUMNS = (
     "subject",
     "visit",
@@ -29,8 +30,8 @@ COLUMNS = (
 )
 _SIZES = {
     # in-plane matrix, pixel range (mm), pixel rounding (1/n mm), slice thicknesses (mm)
-    "full": (512, (0.6, 0.9), 64, (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)),
-    "medium": (256, (1.5, 1.9), 32, (2.5, 3.0)),
+    "full": (512, (0.6, 0.9), 64, (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)),
+    "medium": (256, (1.5, 1.9), 32, (2.0, 2.5, 3.0, 5.0)),
     "small": (128, (2.8, 3.2), 32, (4.0, 4.5, 5.0)),
 }
 SIZES = tuple(_SIZES)
@@ -89,7 +90,10 @@ def render_pair(
         grid = _grid(subject.p, size, rng)
         noise = float(rng.uniform(8, 35)) * _noise_scale(grid.spacing)
         table = bool(rng.random() < 0.7)
-        hu, labels = render_visit(subject, grid, noise_hu=noise, table=table, rng=rng)
+        kernel = KERNEL_NAMES[int(rng.integers(len(KERNEL_NAMES)))]
+        hu, labels = render_visit(
+            subject, grid, noise_hu=noise, table=table, rng=rng, kernel=kernel
+        )
         sz, sy, sx = grid.spacing
         nz, ny, nx = grid.shape
         affine = canonical_affine(grid.spacing, ((nx - 1) / 2 * sx, (ny - 1) / 2 * sy, -grid.z0))
@@ -104,6 +108,7 @@ def render_pair(
             "shift_mm": grid.shift,
             "rotation_deg": float(np.rad2deg(grid.angle)),
             "table": table,
+            "kernel": kernel,
             "target_class": int(target_class),
             "plaques": len(subject.plaques),
             "distractors": len(subject.distractors),

@@ -406,14 +406,19 @@ class Trainer:
         """The training split as scan–rescan pairs (Siamese models) or single scans."""
         config, items = self.config, self.data.items["train"]
         shift = config.max_shift if config.augment else 0
+        intensity = config.augment and config.augment_intensity
         if not self.siamese:
-            return ScanDataset(items, config.num_classes, max_shift=shift, seed=config.seed)
+            return ScanDataset(
+                items, config.num_classes, max_shift=shift, seed=config.seed, intensity=intensity
+            )
         pairs = make_pairs(items)
         if not pairs:
             raise AidnetError(
                 f"{self.manifest}: no training subject has two labelled scans to pair"
             )
-        return PairDataset(pairs, config.num_classes, max_shift=shift, seed=config.seed)
+        return PairDataset(
+            pairs, config.num_classes, max_shift=shift, seed=config.seed, intensity=intensity
+        )
 
     def _loader(self) -> DataLoader:
         workers = self.config.num_workers
