@@ -20,8 +20,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: config (the run configuration, a dataclass with its presets) and the package itself (its
 #: version) are the base every layer may use; phantom (synthetic cohorts: CT files and a
 #: manifest) is a data source beside data; losses (of model outputs) sit beside models;
-#: inference (applying a network to scans) is above models, below training (validation) and
-#: below evaluation/explain and pipeline (evaluate, explain, predict).
+#: weights (where the shipped default model lies) is base; api (the notebook API over
+#: pipeline) sits between pipeline and cli; inference (applying a network to scans) is above
+#: models, below training (validation), evaluation/explain and pipeline (evaluate, explain,
+#: predict).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "base",
@@ -33,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "aidnet.allocator",
             "aidnet.config",
             "aidnet.presets",
+            "aidnet.weights",
         ),
     ),
     ("io", ("aidnet.io",)),
@@ -45,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation/explain", ("aidnet.evaluation", "aidnet.explain")),
     ("report", ("aidnet.report",)),
     ("pipeline", ("aidnet.pipeline",)),
+    ("api", ("aidnet.api",)),
     ("cli", ("aidnet.cli",)),
 ]
 

@@ -368,8 +368,11 @@ def evaluate(
 @app.command()
 @friendly
 def predict(
-    checkpoint: list[Path] = typer.Option(
-        ..., "--checkpoint", help="Run folder or checkpoint file; repeat it for an ensemble."
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Run folder or checkpoint file; repeat it for an ensemble. Default: the shipped "
+        "model, trained on synthetic scans only (docs/model-card.md).",
     ),
     scan: Path = typer.Argument(..., help="CT image: DICOM folder, NIfTI, NRRD or MHA."),
     rescan: Path | None = typer.Argument(None, help="Optional rescan of the same person."),
@@ -385,7 +388,7 @@ def predict(
     from aidnet.pipeline.predict import predict_scans
 
     scans = [scan] if rescan is None else [scan, rescan]
-    checkpoints = [find_run(c) for c in checkpoint]
+    checkpoints = [find_run(c) for c in checkpoint] if checkpoint else [_default_model()]
     result = predict_scans(checkpoints, scans, out, device=device, workers=workers)
     line = (
         f"P(CAC) = {result['p_cac']:.3f}, predicted class {result['predicted_label']} "
@@ -401,7 +404,12 @@ def predict(
 @app.command()
 @friendly
 def explain(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or checkpoint file."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Run folder or checkpoint file. Default: the shipped model, trained on synthetic "
+        "scans only (docs/model-card.md).",
+    ),
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Folder for heat maps and PNG overlays."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many scans."),
@@ -417,7 +425,7 @@ def explain(
     from aidnet.pipeline import explain_manifest
 
     written = explain_manifest(
-        find_run(checkpoint),
+        find_run(checkpoint) if checkpoint else _default_model(),
         manifest,
         out,
         limit=limit,
@@ -498,6 +506,18 @@ def lungs(
         for label in (1, 2)
     ]
     typer.echo(f"wrote {out} (right lung {litres[0]:.2f} L, left lung {litres[1]:.2f} L)")
+
+
+def _default_model() -> Path:
+    """The shipped default model, with a one-line note on what it is."""
+    from aidnet.weights import default_checkpoint
+
+    path = default_checkpoint()
+    logging.getLogger("aidnet").warning(
+        "no --checkpoint: using the default model, trained on synthetic scans only "
+        "(docs/model-card.md); not a clinical device"
+    )
+    return path
 
 
 #: how deep below a --checkpoint folder runs are looked for (an experiment's: rows/<row>/run)

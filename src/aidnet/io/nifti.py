@@ -41,6 +41,12 @@ def check_3d(path: Path, shape: tuple[int, ...]) -> None:
         raise AidnetError(f"{path}: a 2-D image of shape {text}; aidnet needs a 3-D CT volume")
 
 
+def nifti_layout(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (z, y, x) array and its (z, y, x) affine → the (i, j, k) array view and affine a NIfTI
+    file holds (what nibabel's ``get_fdata()`` and ``affine`` give back)."""
+    return np.transpose(array, (2, 1, 0)), np.asarray(affine, dtype=np.float64)[:, _SWAP]
+
+
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path:
     """Write a (z, y, x) array with its (z, y, x) affine as NIfTI, atomically.
 
@@ -51,10 +57,10 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path | str) -> Path
     import nibabel as nib
 
     path = Path(path)
-    aff = np.asarray(affine, dtype=np.float64)[:, _SWAP]
     # NIfTI stores (i, j, k) in Fortran order: the transposed view of a C-ordered (z, y, x)
     # array is already that order, so nibabel writes it without copying
-    img = nib.Nifti1Image(np.transpose(array, (2, 1, 0)), aff)
+    ijk, aff = nifti_layout(array, affine)
+    img = nib.Nifti1Image(ijk, aff)
     img.header.set_xyzt_units("mm")
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
