@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench lint clean browser
+.PHONY: demo test bench lint clean browser real-scans
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Two real chest CTs (pyradiomics 3.0.1 sdist) into $AIDNET_REAL_SCANS or .cache/real-scans for
+# tests/test_real_scans.py; standard library only. aidnet itself never downloads anything.
+real-scans: | $(BIN)/python
+	$(BIN)/python -m benchmarks.real_scans
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results

@@ -1,0 +1,226 @@
+"""Two real non-contrast chest CTs through the user's commands: lungs, preprocess (the contrast
+check), predict and explain, with the heat maps on each scan's own grid and affine.
+
+The scans (pyradiomics 3.0.1 test data, 512×512×48 and ×61 at 5 mm) are fetched by
+``benchmarks/real_scans.py`` (``make real-scans``) into its cache folder, which the tests only
+read; without the package registry they skip. The checkpoint is a tiny model trained here on a
+three-subject phantom cohort: these tests check that the path works on real anatomy, not what
+the model says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aidnet.cli import app
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("lung1", "lung2")
+#: a whole adult pair of lungs, in litres
+LUNG_LITRES = (2.0, 8.0)
+#: the heat maps every model writes
+MAPS = ("gradcam", "integrated_gradients")
+#: the calcium candidates' threshold: integrated gradients are kept on those voxels only
+CALCIUM_HU = 130.0
+
+runner = CliRunner()
+
+
+def run(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, f"aidnet {' '.join(map(str, args))}:\n{result.output}"
+    return result.output
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def scans():
+    """name → path of the two scans in the real-scans cache (fetched once, then only read)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.real_scans import RegistryUnreachable, fetch
+    finally:
+        sys.path.remove(str(ROOT))
+    try:
+        paths = fetch()
+    except RegistryUnreachable as exc:
+        pytest.skip(
+            f"real scans: the package registry could not be reached ({exc}); fetch them "
+            "with `make real-scans`"
+        )
+    folder = next(iter(paths.values())).parent
+    before = _listing(folder)
+    yield {name: paths[f"{name}_image.nrrd"] for name in NAMES}
+    assert _listing(folder) == before, f"the tests changed {folder}: only the script writes there"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny AID-Net trained for one epoch on three phantom subjects (a checkpoint, not a
+    detector)."""
+    root = tmp_path_factory.mktemp("tiny")
+    run("phantom", "--out", root / "cohort", "--subjects", 3, "--seed", 5)
+    run(
+        *("train", "--manifest", root / "cohort" / "manifest.csv", "--out", root / "run"),
+        *("--preset", "tiny", "--epochs", 1),
+    )
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def manifest(scans, tmp_path_factory):
+    path = tmp_path_factory.mktemp("manifest") / "real.csv"
+    rows = [f"{name},scan,{scans[name]}" for name in NAMES]
+    path.write_text("subject,visit,path\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lungs(scans, tmp_path_factory):
+    """name → (mask path, right and left lung litres as ``aidnet lungs`` reports them)."""
+    out = tmp_path_factory.mktemp("lungs")
+    found = {}
+    for name in NAMES:
+        text = run("lungs", scans[name], "--out", out / f"{name}.nii.gz")
+        litres = re.search(r"right lung ([\d.]+) L, left lung ([\d.]+) L", text)
+        assert litres, text
+        found[name] = (out / f"{name}.nii.gz", float(litres[1]), float(litres[2]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def cache(manifest, tmp_path_factory):
+    """``aidnet preprocess`` of both scans at the tiny preset's input size (the checkpoint's)."""
+    folder = tmp_path_factory.mktemp("cache")
+    text = run("preprocess", manifest, "--out", folder, "--preset", "tiny")
+    assert "2 of 2 scans preprocessed" in text and "0 failed" in text, text
+    return folder
+
+
+@pytest.fixture(scope="module")
+def explained(tiny_run, manifest, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain")
+    text = run(
+        *("explain", "--checkpoint", tiny_run, "--manifest", manifest),
+        *("--out", out, "--cache", cache),
+    )
+    assert "heat maps for 2 scans" in text, text
+    return out
+
+
+def input_grid(scan: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """The NIfTI shape and RAS affine a map on ``scan``'s own grid must have, from the NRRD
+    header alone (SimpleITK's LPS turned to RAS), independent of aidnet's readers."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(scan))
+    reader.ReadImageInformation()
+    direction = np.asarray(reader.GetDirection()).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(reader.GetSpacing())
+    lps[:3, 3] = reader.GetOrigin()
+    return tuple(reader.GetSize()), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def load_on_input_grid(path: Path, scan: Path) -> Any:
+    """The NIfTI ``path``, checked to lie on ``scan``'s grid: its shape and affine, and the
+    affine aidnet's writer is given for that scan (``Volume.to_source``)."""
+    from aidnet.io.read import read_volume
+
+    img: Any = nib.load(str(path))
+    shape, affine = input_grid(scan)
+    assert img.shape == shape
+    np.testing.assert_allclose(img.affine, affine, atol=1e-3)
+    source = read_volume(scan).source
+    assert source is not None
+    np.testing.assert_allclose(img.affine, source.affine[:, [2, 1, 0, 3]], atol=1e-3)
+    return img
+
+
+def source_hu(scan: Path) -> np.ndarray:
+    """The scan's HU in NIfTI (i, j, k) order, read with SimpleITK rather than aidnet."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(scan))).transpose(2, 1, 0)
+
+
+def assert_on_calcium(path: Path, scan: Path) -> None:
+    """The integrated-gradients map at ``path`` is nonzero on HU > 130 voxels of ``scan`` only:
+    the map's voxels line up with the scan's (a flip or shift would put it on soft tissue)."""
+    data = np.asarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]
+    assert np.all(source_hu(scan)[data > 0] > CALCIUM_HU)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lungs_volumes_and_sides(scans, lungs, name):
+    path, right, left = lungs[name]
+    assert LUNG_LITRES[0] <= right + left <= LUNG_LITRES[1], (right, left)
+    assert right > 0.5 and left > 0.5, (right, left)  # both lungs found, neither a fragment
+    img = load_on_input_grid(path, scans[name])
+    mask = np.asarray(img.dataobj)
+    voxel_l = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1e6
+    for label, litres in ((1, right), (2, left)):
+        assert np.count_nonzero(mask == label) * voxel_l == pytest.approx(litres, abs=0.006)
+    # the right lung lies on the patient's right: larger RAS x
+    centre_x = [
+        (img.affine @ np.append(np.argwhere(mask == label).mean(axis=0), 1.0))[0]
+        for label in (1, 2)
+    ]
+    assert centre_x[0] > centre_x[1] + 50, centre_x
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_contrast_check_measures_unenhanced_tissue(scans, lungs, cache, name):
+    """Preprocessing passed (``cache``); the check measured tissue and found it unenhanced,
+    rather than saying nothing for lack of tissue between the lungs."""
+    from aidnet.io.read import read_volume
+    from aidnet.preprocess.contrast import ENHANCED_HU, soft_tissue_mode_hu
+
+    volume = read_volume(scans[name])
+    mask = read_volume(lungs[name][0])
+    assert mask.shape == volume.shape
+    mode = soft_tissue_mode_hu(volume.array, mask.array, volume.spacing)
+    assert mode is not None and 0.0 < mode < ENHANCED_HU, mode
+    assert len(list(cache.glob(f"{name}_scan-*.npz"))) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict(scans, tiny_run, name, tmp_path):
+    run("predict", scans[name], "--checkpoint", tiny_run, "--out", tmp_path)
+    result = json.loads((tmp_path / "prediction.json").read_text())
+    assert 0.0 <= result["p_cac"] <= 1.0
+    probs = list(result["class_probabilities"].values())
+    assert len(probs) == 3 and sum(probs) == pytest.approx(1.0)
+    (scan,) = result["scans"]
+    assert scan["input"] == str(scans[name])
+    data = load_on_input_grid(tmp_path / scan["heatmaps"]["gradcam"], scans[name]).get_fdata()
+    assert np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= 1.0
+    assert_on_calcium(tmp_path / scan["heatmaps"]["integrated_gradients"], scans[name])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explain_maps_on_the_scan_grid(scans, explained, name):
+    for map_name in MAPS:
+        path = explained / f"{name}_scan_{map_name}.nii.gz"
+        assert path.is_file(), sorted(p.name for p in explained.iterdir())
+        img = load_on_input_grid(path, scans[name])
+        assert img.get_data_dtype() == np.float32
+        data = np.asarray(img.dataobj)
+        assert np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= 1.0
+        assert (explained / f"{name}_scan_{map_name}.png").is_file()
+    assert_on_calcium(explained / f"{name}_scan_integrated_gradients.nii.gz", scans[name])
