@@ -7,7 +7,6 @@ import pytest
 
 from aidnet.errors import AidnetError
 from aidnet.io.volume import canonical_affine
-from aidnet.lung import segment_lungs
 from aidnet.preprocess import CropGeometry, Sample, preprocess_volume
 from test_lung import synthetic_chest, voxel_of
 
@@ -185,33 +184,3 @@ def test_calcium_candidates_are_the_calcium_channel_on_the_scan_grid():
     assert not candidates[segment_lungs(volume) != 0].any()  # never in the lungs
     coronary = labels == 1
     assert candidates[coronary].mean() > 0.5  # the plaques are candidates
-
-
-@pytest.mark.parametrize("blood_hu", [150.0, 300.0])
-def test_contrast_enhanced_scan_is_refused(blood_hu):
-    """The same phantom subject with an iodine-enhanced blood pool (venous / arterial phase) is
-    refused with one line; unenhanced, its soft tissue between the lungs measures 30–70 HU."""
-    from aidnet.phantom.cohort import render_pair
-    from aidnet.preprocess.contrast import soft_tissue_mode_hu
-
-    plain, _, _ = render_pair(5, "small", 2)[0]
-    sample = preprocess_volume(plain, (16, 24, 32))
-    assert sample.image.shape == (2, 16, 24, 32)
-    lungs = segment_lungs(plain)
-    mode = soft_tissue_mode_hu(np.asarray(plain.array), lungs, plain.spacing)
-    assert mode is not None and 30.0 <= mode <= 70.0
-    enhanced, _, _ = render_pair(5, "small", 2, blood_hu=blood_hu)[0]
-    with pytest.raises(AidnetError, match=r"^looks contrast-enhanced: the soft tissue between"):
-        preprocess_volume(enhanced, (16, 24, 32))
-    mode = soft_tissue_mode_hu(np.asarray(enhanced.array), lungs, enhanced.spacing)
-    assert mode == pytest.approx(blood_hu, abs=10.0)
-
-
-def test_contrast_check_needs_tissue_between_the_lungs():
-    from aidnet.preprocess.contrast import soft_tissue_mode_hu
-
-    lungs = np.zeros((10, 20, 20), dtype=np.uint8)
-    assert soft_tissue_mode_hu(np.zeros(lungs.shape), lungs, (2.0, 2.0, 2.0)) is None
-    lungs[:, 5:15, 2:9] = 1
-    lungs[:, 5:15, 11:18] = 2  # a 2-voxel gap: 0.64 mL of tissue between them, too little
-    assert soft_tissue_mode_hu(np.full(lungs.shape, 300.0), lungs, (2.0, 2.0, 2.0)) is None

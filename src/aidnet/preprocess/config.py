@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 # Bump when the algorithm changes in a way the settings below do not capture.
-ALGORITHM_VERSION = "3"  # 3: contrast-enhanced scans are refused
+ALGORITHM_VERSION = "4"  # 3: contrast-enhanced scans are refused; 4: by their blood pool too
 
 
 @dataclass(frozen=True)
