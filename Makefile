@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench lint clean browser real-scans
+.PHONY: demo test bench lint clean browser real-scans default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP) browser
 # tests/test_real_scans.py; standard library only. aidnet itself never downloads anything.
 real-scans: | $(BIN)/python
 	$(BIN)/python -m benchmarks.real_scans
+
+# The shipped default model (src/aidnet/weights/default.pt): phantom, train with
+# src/aidnet/weights/recipe.yaml, evaluate on held-out subjects, copy; see docs/model-card.md.
+default-model: $(STAMP)
+	$(BIN)/python -m benchmarks.default_model --out runs/default-model --ship
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results

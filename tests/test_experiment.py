@@ -138,21 +138,23 @@ def test_rows_share_one_split(experiment):
 
 def test_delong_in_the_table_matches_the_predictions(experiment):
     from aidnet.evaluation.delong import delong_test
+    from aidnet.evaluation.predictions import read_predictions
 
     out = experiment["out"]
     saved = {r["id"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]}
 
     def read(row_id):
-        with (out / "rows" / row_id / "eval" / "predictions.csv").open() as fh:
-            rows = sorted(csv.DictReader(fh), key=lambda r: (r["subject"], r["visit"]))
-        return np.array([int(r["label"]) > 0 for r in rows], int), np.array(
-            [float(r["p_cac"]) for r in rows]
-        )
+        path = out / "rows" / row_id / "eval" / "predictions.csv"
+        rows, full = read_predictions(path)
+        assert full, "the comparison must use full-precision probabilities"
+        rows = sorted(rows, key=lambda r: (r["subject"], r["visit"]))
+        y = np.array([int(r["label"]) > 0 for r in rows], int)
+        return y, np.array([float(r["p_cac"]) for r in rows]), [r["subject"] for r in rows]
 
-    y_ref, p_ref = read("aidnet-l0.001-s1")
-    y, p = read("densenet121-s1")
+    y_ref, p_ref, subjects = read("aidnet-l0.001-s1")
+    y, p, _ = read("densenet121-s1")
     assert (y == y_ref).all()
-    expected = delong_test(y, p, p_ref)
+    expected = delong_test(y, p, p_ref, groups=subjects)
     got = saved["densenet121-s1"]["delong"]
     assert got["p"] == pytest.approx(expected.p) and got["z"] == pytest.approx(expected.z)
     assert got["auc_a"] == pytest.approx(saved["densenet121-s1"]["auc"])

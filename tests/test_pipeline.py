@@ -364,10 +364,10 @@ def test_evaluate_finds_the_cache_training_was_given(run, cohort, tmp_path, monk
     record_cache_dir(moved, elsewhere)
 
     before = cache_state(elsewhere)
-    import aidnet.data.job as job_module
+    import aidnet.data.cache as cache_module
 
-    real_run_job, calls = job_module.run_job, []
-    monkeypatch.setattr(job_module, "run_job", lambda job: calls.append(job) or real_run_job(job))
+    real_run_job, calls = cache_module.run_job, []
+    monkeypatch.setattr(cache_module, "run_job", lambda job: calls.append(job) or real_run_job(job))
     evaluate_run(moved, cohort, tmp_path / "eval", split="test", n_boot=0, localise=False)
     explain_manifest(moved / "best.pt", cohort, tmp_path / "maps", limit=1)
     assert calls == [] and cache_state(elsewhere) == before

@@ -266,9 +266,8 @@ def write_report(
         parts.append(
             "<p class='muted'>Intervals: 95% percentile bootstrap resampling whole subjects "
             "(a subject's scan and rescan stay together). DeLong's test compares each row's AUC "
-            "with AID-Net λ=0.001 of the same strategy on the same test scans; it treats scans "
-            "as independent, so with scan–rescan pairs its p-values are somewhat optimistic — "
-            "read them with the subject-bootstrap intervals.</p>"
+            "with AID-Net λ=0.001 of the same strategy on the same test scans, with a subject's "
+            "scan and rescan as one correlated cluster (Obuchowski 1997).</p>"
         )
     if metrics is not None:
         parts.append("<h2 id='metrics'>Metrics (CAC present vs absent)</h2>")
