@@ -48,6 +48,10 @@ def test_reorient_keeps_world_positions_of_voxels():
 def test_nifti_round_trip(tmp_path):
     aff = canonical_affine((2.5, 0.6, 0.7), (100, -50, 20))
     write_nifti(ramp().astype(np.int16), aff, tmp_path / "a.nii.gz")
+    # nibabel's view of the file: (i, j, k) = (x, y, z) voxels, affine columns in that order
+    raw = nib.load(tmp_path / "a.nii.gz")
+    assert np.array_equal(np.asarray(raw.dataobj), ramp().transpose(2, 1, 0))
+    assert np.allclose(raw.affine, aff[:, [2, 1, 0, 3]])
     vol = read_nifti(tmp_path / "a.nii.gz")
     assert np.array_equal(vol.array, ramp())
     assert np.allclose(vol.affine, aff)
@@ -77,6 +81,13 @@ def test_dicom_round_trip_matches_nifti(tmp_path):
     back = read_dicom_series(folder)
     assert np.array_equal(back.array, vol.array)
     assert np.allclose(back.affine, aff, atol=1e-3)
+    # SimpleITK (GDCM) reads the same series: each of our voxels, placed in the world by our
+    # affine, holds ITK's value at that position
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    assert np.array_equal(values_at_world_positions(itk_ras(reader.Execute()), back), back.array)
 
 
 def test_dicom_reader_ignores_file_order_and_instance_numbers(tmp_path):
@@ -156,6 +167,31 @@ def itk_image(array, affine):
     return img
 
 
+def itk_ras(img):
+    """A SimpleITK image as (array, RAS affine) in its own (k, j, i) voxel order, straight from
+    ITK's origin, spacing and direction (LPS): no aidnet code involved."""
+    import SimpleITK as sitk
+
+    columns = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ columns[:, ::-1]  # (i, j, k) -> (k, j, i)
+    affine[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(img.GetOrigin())
+    return sitk.GetArrayFromImage(img), affine
+
+
+def values_at_world_positions(source, vol):
+    """The ``(array, affine)`` source's values at the RAS positions of ``vol``'s voxels, found
+    through the source's own affine (no reorientation code involved)."""
+    array, affine = source
+    index = np.indices(vol.shape).reshape(3, -1)
+    world = vol.affine[:3, :3] @ index + vol.affine[:3, 3:]
+    at = np.linalg.solve(affine[:3, :3], world - affine[:3, 3:])
+    voxel = np.rint(at).astype(int)
+    assert np.abs(at - voxel).max() < 1e-3  # the same grid
+    assert (voxel >= 0).all() and (voxel < np.array(array.shape)[:, None]).all()  # inside it
+    return array[tuple(voxel)].reshape(vol.shape)
+
+
 def rotation_z(degrees):
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
@@ -189,12 +225,12 @@ def test_itk_files_read_like_the_equivalent_nifti(tmp_path, suffix, layout):
     sitk.WriteImage(itk_image(source, affine), str(tmp_path / f"img{suffix}"))
     ref = read_volume(tmp_path / "ref.nii.gz")
     vol = read_volume(tmp_path / f"img{suffix}")
-    expected, expected_affine = reorient_canonical(source, affine)
-    for v in (ref, vol):
-        assert np.array_equal(v.array, expected)
-        assert np.allclose(v.affine, expected_affine, atol=1e-5)
+    for v in (ref, vol):  # each voxel holds the source's value at its world position
+        assert np.array_equal(v.array, values_at_world_positions((source, affine), v))
         assert v.array.dtype == np.float32
-    assert vol.affine[0, 2] < 0 and vol.affine[1, 1] < 0 and vol.affine[2, 0] < 0
+        assert v.affine[0, 2] < 0 and v.affine[1, 1] < 0 and v.affine[2, 0] < 0  # canonical
+    assert np.array_equal(vol.array, ref.array)  # SimpleITK's file and nibabel's agree
+    assert np.allclose(vol.affine, ref.affine, atol=1e-5)
     # the affine survives read → write_nifti → read
     write_nifti(vol.array, vol.affine, tmp_path / "again.nii.gz")
     again = read_volume(tmp_path / "again.nii.gz")
@@ -282,5 +318,10 @@ def test_nrrd_in_ras_space_matches_nifti(tmp_path):
     affine[:3, 3] = [-30, 12, 80]
     write_nifti(source, affine, tmp_path / "ras.nii.gz")
     vol, ref = read_volume(tmp_path / "ras.nrrd"), read_volume(tmp_path / "ras.nii.gz")
-    assert np.array_equal(vol.array, ref.array)
-    assert np.allclose(vol.affine, ref.affine)
+    # by hand: i, j, k run right, anterior and superior; the canonical (z, y, x) array runs to
+    # the feet, posterior and to the patient's left, so all three axes flip, and its voxel 0 is
+    # source voxel (k, j, i) = (5, 6, 7), at (-30 + 7 * 0.8, 12 + 6 * 0.7, 80 + 5 * 2) mm
+    by_hand = np.array([[0, 0, -0.8, -24.4], [0, -0.7, 0, 16.2], [-2.0, 0, 0, 90.0], [0, 0, 0, 1]])
+    for v in (vol, ref):
+        assert np.array_equal(v.array, source[::-1, ::-1, ::-1])
+        assert np.allclose(v.affine, by_hand)
