@@ -56,14 +56,34 @@ def merge(target, *folders):
     return target
 
 
+def tags(folder):
+    """(orientation, pixel spacing, positions head first) as written in the files."""
+    files = [pydicom.dcmread(f) for f in by_position(folder)][::-1]
+    return (
+        [float(v) for v in files[0].ImageOrientationPatient],
+        [float(v) for v in files[0].PixelSpacing],
+        [[float(v) for v in ds.ImagePositionPatient] for ds in files],
+    )
+
+
+# The canonical affine of series() worked out by hand from its tags (PS3.3 C.7.6.2.1.1; LPS to
+# RAS negates x and y): columns run along the first orientation vector, +x LPS (the patient's
+# left) 0.75 mm apart; rows along the second, +y LPS (posterior) 0.75 mm apart; slices 2 mm
+# apart from z = 30 (head) down; the head slice's first voxel at LPS (-10, -20, 30).
+SERIES_AFFINE = np.array([[0, 0, -0.75, 10], [0, -0.75, 0, 20], [-2, 0, 0, 30], [0, 0, 0, 1]])
+
+
 def test_round_trip_and_source_layout(tmp_path):
     vol, folder = series(tmp_path)
+    orientation, spacing, positions = tags(folder)
+    assert orientation == [1, 0, 0, 0, 1, 0] and spacing == [0.75, 0.75]
+    assert positions == [[-10, -20, 30 - 2 * k] for k in range(6)]
     back = read_volume(folder)
     assert np.array_equal(back.array, vol.array)
-    assert np.allclose(back.affine, vol.affine, atol=1e-3)
+    assert np.allclose(back.affine, SERIES_AFFINE, atol=1e-3)
     assert back.source is not None  # the stack as read: slices head → feet, rows, columns
     array, affine = back.to_source(back.array)
-    assert np.array_equal(array, vol.array) and np.allclose(affine, back.affine)
+    assert np.array_equal(array, vol.array) and np.allclose(affine, SERIES_AFFINE, atol=1e-3)
 
 
 def test_rows_running_to_the_right_are_flipped_and_mapped_back(tmp_path):
@@ -71,7 +91,11 @@ def test_rows_running_to_the_right_are_flipped_and_mapped_back(tmp_path):
     edit(folder, lambda ds: setattr(ds, "ImageOrientationPatient", [-1, 0, 0, 0, 1, 0]))
     back = read_volume(folder)
     assert np.array_equal(back.array, vol.array[:, :, ::-1])
-    assert back.affine[0, 2] < 0  # canonical x still runs to the patient's left
+    # by hand: file column c lies at LPS x = -10 - 0.75 c, RAS x = 10 + 0.75 c; canonical x
+    # still runs to the patient's left, so it starts at column 15, RAS x = 21.25
+    by_hand = SERIES_AFFINE.copy()
+    by_hand[0, 3] = 10 + 15 * 0.75
+    assert np.allclose(back.affine, by_hand, atol=1e-3)
     array, affine = back.to_source(back.array)
     assert np.array_equal(array, vol.array)
     assert np.allclose(affine @ [0, 0, 0, 1], back.affine @ [0, 0, 15, 1])
@@ -333,7 +357,7 @@ def test_enhanced_multiframe_ct_reads_like_its_slices(tmp_path):
     # frames stored out of order: the position, not the frame number, places them
     enhanced = read_volume(to_enhanced(folder, tmp_path / "enh", order=[3, 0, 6, 1, 5, 2, 4]))
     assert np.array_equal(enhanced.array, classic.array)
-    assert np.allclose(enhanced.affine, classic.affine)
+    assert np.allclose(enhanced.affine, SERIES_AFFINE, atol=1e-3)  # the classic slices' tags
     assert enhanced.source == classic.source
     # the file itself holds the whole series, so it may be named instead of its folder
     assert np.array_equal(read_volume(tmp_path / "enh" / "enhanced.dcm").array, classic.array)
