@@ -303,6 +303,7 @@ def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path
     assert cache_listing(cache / "qc") == ["P0001_rescan.png", "P0001_scan.png"]
 
 
+@pytest.mark.slow
 def test_preprocess_resumes_after_sigkill(phantom_cohort, tmp_path):
     import os
     import signal
@@ -343,6 +344,7 @@ def test_preprocess_resumes_after_sigkill(phantom_cohort, tmp_path):
     assert {n: (cache / n).stat().st_mtime_ns for n in names} == stamps
 
 
+@pytest.mark.slow
 def test_preprocess_ctrl_c_stops_the_workers_quietly(phantom_cohort, tmp_path):
     import os
     import signal

@@ -171,6 +171,7 @@ def test_spent_recoveries_stop_with_one_line(cohort, cache, tmp_path, monkeypatc
     assert "training stopped at epoch 2" in result.output
 
 
+@pytest.mark.slow
 def test_resume_after_a_recovery_is_exact(cohort, cache, tmp_path, monkeypatch):
     config = load_config("tiny", epochs=3, checkpoint_steps=1, dropout=0.2, **TINY)
     _spoil(monkeypatch, lambda s: (s.next_epoch, s.next_step, s.recoveries) == (1, 1, 0), "nan")

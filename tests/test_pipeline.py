@@ -14,6 +14,9 @@ from aidnet.pipeline import evaluate_run, explain_manifest
 from aidnet.training.checkpoint import load_checkpoint
 from aidnet.training.loop import train
 
+# the module's run fixture trains a model; most tests evaluate or explain it end to end
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
@@ -277,7 +280,6 @@ def test_a_bad_split_file_fails_before_the_run_folder_exists(cohort, tmp_path):
         train(load_config("tiny"), cohort, tmp_path / "run", splits=tmp_path / "none.csv")
 
 
-@pytest.mark.slow
 def test_demo_leaves_a_report(tmp_path):
     from aidnet.pipeline import run_demo
 

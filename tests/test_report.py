@@ -251,6 +251,7 @@ def _rgb(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
+@pytest.mark.slow
 def test_report_in_a_real_browser(tmp_path):
     """Chromium loads the report with every image decoded from a data URI, asks the network
     for nothing, logs no load error, and its screenshot shows the ROC figure where the page

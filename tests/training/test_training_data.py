@@ -24,6 +24,7 @@ def test_batches_are_one_global_order_cut_between_processes():
         epoch_batches(3, 2, seed=0, epoch=0, world=2, rank=1)
 
 
+@pytest.mark.slow
 def test_loader_workers_that_outlive_an_epoch_train_the_same_weights(cohort, cache, tmp_path):
     """One DataLoader serves the whole run; with worker processes each batch carries its
     epoch, so the shifts (augmentation) of epoch 2 are epoch 2's, as without workers."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from training_helpers import assert_same_weights, weights
 
@@ -62,6 +63,7 @@ def emulate_two_processes(config, cohort, cache, out) -> dict[str, torch.Tensor]
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(cohort, cache, tmp_path):
     """DDP with gloo: 2 processes × batch 1, checked against what DDP must compute."""
     yaml_path = tmp_path / "tiny.yaml"

@@ -146,6 +146,7 @@ def test_cpu_amp_trains_and_validates_in_bfloat16(cohort, cache, tmp_path, monke
     assert load_config("tiny").cpu_amp is False and load_config("demo").cpu_amp is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["densenet121"])
 def test_a_baseline_trains_on_single_scans(cohort, tmp_path, name):
     config = load_config("tiny", model=name, epochs=1, input_size=(32, 32, 32), **TINY)

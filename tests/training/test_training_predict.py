@@ -18,6 +18,7 @@ from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 from aidnet.training.loop import train
 
 
+@pytest.mark.slow
 def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
     from aidnet.data.manifest import read_manifest
 

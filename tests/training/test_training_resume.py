@@ -16,6 +16,7 @@ from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 from aidnet.training.loop import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_killed_mid_epoch_resume_gives_the_same_weights(
     cohort, cache, tmp_path, monkeypatch, ema_decay
@@ -64,6 +65,7 @@ def test_killed_mid_epoch_resume_gives_the_same_weights(
     assert rows["killed"] == rows["straight"]
 
 
+@pytest.mark.slow
 def test_the_selection_window_survives_a_resume(cohort, cache, tmp_path, monkeypatch):
     scores, seen, killed = [0.9, 0.8, 0.6, 0.7], [], []
 

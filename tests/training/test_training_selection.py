@@ -37,6 +37,7 @@ def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
     assert np.isnan(validation_scores(net, val, baseline, torch.device("cpu"))[2])
 
 
+@pytest.mark.slow
 def test_a_dead_map_epoch_is_not_selected_and_a_dead_run_warns(
     cohort, cache, tmp_path, monkeypatch, capsys
 ):
