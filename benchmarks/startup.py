@@ -22,11 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.real_scans import default_dest
+
 #: whole-command targets on a machine with 2 cores (seconds)
 TARGET_LUNGS_S = 0.7
 TARGET_HELP_S = 0.3
-#: a real 512×512×61 chest CT (pyradiomics 3.0.1 test data), used when present
-REAL_CT = Path("/work/pyrad/pyradiomics-3.0.1/data/lung2_image.nrrd")
+#: a real 512×512×61 chest CT (pyradiomics 3.0.1 test data, ``make real-scans``), used when present
+REAL_CT = default_dest() / "lung2_image.nrrd"
 
 
 def _run(command: list[str]) -> tuple[float, str]:

@@ -5,15 +5,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import aidnet.weights
 from aidnet.api import Prediction, load_model
-from aidnet.cli import app
 from aidnet.config import load_config
 from aidnet.errors import AidnetError
 from aidnet.phantom import make_cohort
 from aidnet.training.loop import train
+from cli_runner import invoke
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +56,7 @@ def test_predict_gives_probabilities_and_maps_on_the_scans_own_grid(run, cohort)
 
 def test_predict_agrees_with_the_command(run, cohort, tmp_path):
     scan = _a_scan(cohort)
-    result = CliRunner().invoke(
-        app, ["predict", str(scan), "--checkpoint", str(run), "--out", str(tmp_path / "p")]
-    )
+    result = invoke(["predict", str(scan), "--checkpoint", str(run), "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "p" / "prediction.json").read_text())
     api = load_model(run, device="cpu").predict(scan)
@@ -72,15 +69,13 @@ def test_without_a_checkpoint_the_default_model_is_used(run, cohort, tmp_path, m
     monkeypatch.setattr(aidnet.weights, "FILE", "missing.pt")
     with pytest.raises(AidnetError, match="no default model in this install"):
         load_model()
-    result = CliRunner().invoke(app, ["predict", str(_a_scan(cohort)), "--out", str(tmp_path)])
+    result = invoke(["predict", str(_a_scan(cohort)), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no default model" in result.output
     best = run / "best.pt"
     monkeypatch.setattr(aidnet.weights, "default_checkpoint", lambda: best)
     assert load_model().checkpoints == [best]
-    result = CliRunner().invoke(
-        app, ["predict", str(_a_scan(cohort)), "--out", str(tmp_path / "d")]
-    )
+    result = invoke(["predict", str(_a_scan(cohort)), "--out", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     assert "default model" in result.output and "synthetic" in result.output
     assert json.loads((tmp_path / "d" / "prediction.json").read_text())["checkpoint"] == str(best)

@@ -127,13 +127,11 @@ def test_cache_file_without_its_image_is_a_problem(tmp_path):
 def test_unreadable_cache_file_is_computed_again(cohort, tmp_path, how):
     """A cache file cut short or empty is derived data: the job rebuilds it with a one-line note
     and the rebuilt file is the file a fresh run writes."""
-    from typer.testing import CliRunner
-
-    from aidnet.cli import app
+    from cli_runner import invoke
 
     def preprocess(folder: Path):
         args = ["preprocess", str(cohort), "--out", str(folder), "--preset", "tiny"]
-        return CliRunner().invoke(app, args)
+        return invoke(args)
 
     assert preprocess(tmp_path / "fresh").exit_code == 0
     cache = tmp_path / "cache"

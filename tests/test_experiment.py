@@ -6,16 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from aidnet.cli import app
 from aidnet.config import load_config, save_config
 from aidnet.errors import AidnetError
 from aidnet.phantom import make_cohort
 from aidnet.pipeline.experiment import REFERENCE, ROWS, run_experiment, select_rows
 from aidnet.training.logs import TrainLog
+from cli_runner import invoke
 
-runner = CliRunner()
 CRASHING_ROW = "idnet-s1"
 
 
@@ -65,8 +63,8 @@ def experiment(cohort, preset, tmp_path_factory):
     facts["comparison_after_crash"] = (out / "comparison.csv").read_text()
     facts["mtimes_after_crash"] = _mtimes(out / "rows")
 
-    second = runner.invoke(
-        app, ["experiment", "--manifest", str(cohort), "--preset", str(preset), "--out", str(out)]
+    second = invoke(
+        ["experiment", "--manifest", str(cohort), "--preset", str(preset), "--out", str(out)]
     )
     facts["second"] = second
     facts["mtimes_after_resume"] = _mtimes(out / "rows")
@@ -237,7 +235,7 @@ def _one_line_error(result, *fragments):
 
 def test_bad_input_is_one_line(cohort, tmp_path):
     def run(*args):
-        return runner.invoke(app, ["experiment", "--out", str(tmp_path / "x"), *map(str, args)])
+        return invoke(["experiment", "--out", str(tmp_path / "x"), *map(str, args)])
 
     _one_line_error(run("--manifest", tmp_path / "nope.csv", "--preset", "tiny"), "not found")
     _one_line_error(

@@ -8,16 +8,15 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import aidnet.training.loop as loop
-from aidnet.cli import app
 from aidnet.config import load_config
 from aidnet.errors import AidnetError
 from aidnet.phantom import make_cohort
 from aidnet.training.checkpoint import load_checkpoint
 from aidnet.training.guard import Guard
 from aidnet.training.loop import train
+from cli_runner import invoke
 
 TINY = {"val_fraction": 0.25, "test_fraction": 0.25}
 
@@ -162,8 +161,7 @@ def test_spent_recoveries_stop_with_one_line(cohort, cache, tmp_path, monkeypatc
     assert len(lines) == 3 and lines[-1].startswith("stop at epoch 2")
     assert (run / "best.pt").exists()  # what was computed stays
     # and from the command line: one line, non-zero exit, no traceback
-    result = CliRunner().invoke(
-        app,
+    result = invoke(
         ["train", "--manifest", str(cohort), "--out", str(tmp_path / "cli"), "--preset", "tiny"]
         + ["--cache", str(cache), "--epochs", "2"],
     )

@@ -1,5 +1,7 @@
 """CT I/O: canonical orientation, NIfTI and DICOM round trips, clear errors."""
 
+import zlib
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -56,6 +58,55 @@ def test_nifti_round_trip(tmp_path):
     assert np.array_equal(vol.array, ramp())
     assert np.allclose(vol.affine, aff)
     assert vol.spacing == pytest.approx((2.5, 0.6, 0.7))
+
+
+def _random_grid(rng, oblique: bool) -> np.ndarray:
+    """A (z, y, x) affine: any rotation (or a signed axis permutation), possibly left-handed."""
+    if oblique:
+        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    else:
+        rotation = np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(rng.uniform(0.3, 5.0, 3))
+    affine[:3, 3] = rng.normal(0.0, 100.0, 3)
+    return affine
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64, np.uint16, bool])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_written_nifti_reads_the_same_in_nibabel_and_itk(tmp_path, dtype, suffix):
+    """Our NIfTI-1 writer against two independent readers: nibabel (qform and sform) and ITK
+    (SimpleITK, what 3D Slicer uses), on oblique, permuted and left-handed grids."""
+    import SimpleITK as sitk
+
+    from aidnet.io.itk import itk_affine
+
+    rng = np.random.default_rng(zlib.crc32(f"{np.dtype(dtype)}{suffix}".encode()))
+    for trial in range(12):
+        affine = _random_grid(rng, oblique=trial % 2 == 0)
+        array = (rng.normal(0.0, 300.0, (4, 5, 6))).astype(dtype)
+        path = write_nifti(array, affine, tmp_path / f"t{trial}{suffix}")
+        img = nib.load(path)
+        expected = affine[:, [2, 1, 0, 3]]  # nibabel's (i, j, k) = our (x, y, z)
+        assert img.header["qform_code"] == 1 and img.header["sform_code"] == 1
+        assert np.allclose(img.get_sform(), expected, atol=1e-4)
+        # the qform's quaternion is float32: near a half turn it keeps ~1e-4 (nibabel's too)
+        assert np.allclose(img.get_qform(), expected, atol=1e-3)
+        assert img.header.get_xyzt_units()[0] == "mm"
+        stored = np.asarray(img.dataobj)
+        assert stored.dtype == (np.uint8 if dtype is bool else dtype)
+        assert np.array_equal(stored, array.transpose(2, 1, 0))
+        itk = sitk.ReadImage(str(path))
+        assert np.allclose(itk_affine(itk), affine, atol=1e-3)
+        assert np.array_equal(sitk.GetArrayFromImage(itk), array)
+
+
+def test_nifti_writer_refuses_what_nifti_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="complex"):
+        write_nifti(np.zeros((2, 3, 4), np.complex64), np.eye(4), tmp_path / "c.nii")
+    with pytest.raises(ValueError, match="2-D"):
+        write_nifti(np.zeros((3, 4), np.uint8), np.eye(4), tmp_path / "d.nii")
+    assert not list(tmp_path.iterdir())
 
 
 def test_nifti_in_other_orientation_is_reoriented(tmp_path):

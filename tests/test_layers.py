@@ -15,15 +15,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Lowest first; a module may import from its own layer and those before it. Top-level modules:
-#: errors, atomic (file writes), agatston (scores and classes, which the manifest and the
-#: calcium threshold of preprocessing use), allocator (the process's malloc, set by the CLI),
-#: config (the run configuration, a dataclass with its presets) and the package itself (its
-#: version) are the base every layer may use; phantom (synthetic cohorts: CT files and a
-#: manifest) is a data source beside data; losses (of model outputs) sit beside models;
-#: weights (where the shipped default model lies) is base; api (the notebook API over
-#: pipeline) sits between pipeline and cli; inference (applying a network to scans) is above
-#: models, below training (validation), evaluation/explain and pipeline (evaluate, explain,
-#: predict).
+#: errors, atomic (file writes), commandline (argparse commands), agatston (scores and classes,
+#: which the manifest and the calcium threshold of preprocessing use), allocator (the process's
+#: malloc, set by the CLI), config (the run configuration, a dataclass with its presets) and the
+#: package itself (its version) are the base every layer may use; phantom (synthetic cohorts: CT
+#: files and a manifest) is a data source beside data; losses (of model outputs) sit beside models;
+#: weights (where the shipped default model lies) is base; api (the notebook API over pipeline)
+#: sits between pipeline and cli; inference (applying a network to scans) is above models, below
+#: training (validation), evaluation/explain and pipeline (evaluate, explain, predict).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "base",
@@ -33,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "aidnet.atomic",
             "aidnet.agatston",
             "aidnet.allocator",
+            "aidnet.commandline",
             "aidnet.config",
             "aidnet.presets",
             "aidnet.weights",

@@ -114,7 +114,7 @@ def test_nan_raises():
     volume, _ = synthetic_chest()
     array = volume.array.copy()
     array[3, 4, 5] = np.nan
-    with pytest.raises(AidnetError, match="image contains NaN values"):
+    with pytest.raises(AidnetError, match="image contains NaN or infinite values"):
         segment_lungs(volume.with_array(array))
 
 

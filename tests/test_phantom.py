@@ -226,14 +226,12 @@ def test_cohort_workers_must_be_positive(tmp_path):
 
 
 def test_phantom_command_workers(tmp_path):
-    from typer.testing import CliRunner
-
-    from aidnet.cli import app
+    from cli_runner import invoke
 
     args = ["phantom", "--out", str(tmp_path / "p"), "--subjects", "2", "--seed", "1"]
-    result = CliRunner().invoke(app, [*args, "--workers", "2"])
+    result = invoke([*args, "--workers", "2"])
     assert result.exit_code == 0, result.output
     serial = make_cohort(tmp_path / "s", subjects=2, seed=1)
     assert (tmp_path / "p" / "manifest.csv").read_text() == serial.read_text()
-    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    result = invoke([*args, "--workers", "0"])
     assert result.exit_code != 0 and "--workers" in result.output

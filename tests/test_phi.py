@@ -13,9 +13,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from aidnet.cli import app
+from cli_runner import invoke
 
 NAME, PATIENT_ID, BIRTH_DATE = "Doe^Jane-7Q", "PID-83X1Q", "19580317"
 # the values and the pieces a formatter could make of them
@@ -149,7 +148,6 @@ def test_no_identifier_in_any_output(identified_cohort, tmp_path):
     manifest = identified_cohort
     dicom = sorted((manifest.parent / "dicom").iterdir())
     run, work = tmp_path / "run", tmp_path / "outputs"
-    runner = CliRunner()
     commands = [
         # the run's own cache (train reuses it), with QC images
         ["preprocess", str(manifest), "--out", str(run / "cache"), "--preset", "tiny", "--qc"],
@@ -180,7 +178,7 @@ def test_no_identifier_in_any_output(identified_cohort, tmp_path):
     ]
     printed = []
     for command in commands:
-        result = runner.invoke(app, command)
+        result = invoke(command)
         assert result.exit_code == 0, (command[0], result.output)
         printed.append(result.output)
     names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}

@@ -382,17 +382,15 @@ def test_evaluate_finds_the_cache_training_was_given(run, cohort, tmp_path, monk
 def test_evaluate_with_two_workers_predicts_as_with_one(run, cohort, tmp_path):
     """Uncached scans preprocessed in 2 processes (the command line, on the CPU) give the same
     cache files and predictions as in this process."""
-    from typer.testing import CliRunner
-
-    from aidnet.cli import app
     from aidnet.data.cache import load_cached
+    from cli_runner import invoke
 
     evaluate_run(
         run, cohort, tmp_path / "one", split="test", cache_dir=tmp_path / "c1", n_boot=0, workers=1
     )
     args = ["evaluate", "--checkpoint", run, "--manifest", cohort, "--out", tmp_path / "two"]
     args += ["--split", "test", "--cache", tmp_path / "c2", "--device", "cpu", "--workers", "2"]
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = invoke([str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert "test AUC" in result.output
     one, two = cache_state(tmp_path / "c1"), cache_state(tmp_path / "c2")
@@ -413,11 +411,9 @@ def test_evaluate_with_two_workers_predicts_as_with_one(run, cohort, tmp_path):
 def test_predict_and_explain_on_the_cpu_with_two_workers(run, cohort, tmp_path):
     """`predict --device cpu --workers 2` with a scan and its rescan equals predicting each
     scan alone in this process; `explain --device cpu --workers 2` writes the maps."""
-    from typer.testing import CliRunner
-
-    from aidnet.cli import app
     from aidnet.data.manifest import read_manifest
     from aidnet.pipeline.predict import predict_scans
+    from cli_runner import invoke
 
     records = read_manifest(cohort)
     scan, rescan = (r.path for r in records if r.subject == records[0].subject)
@@ -425,7 +421,7 @@ def test_predict_and_explain_on_the_cpu_with_two_workers(run, cohort, tmp_path):
         predict_scans(run, [p], tmp_path / f"alone-{i}") for i, p in enumerate((scan, rescan))
     ]
     args = ["predict", "--checkpoint", run, scan, rescan, "--out", tmp_path / "pair"]
-    result = CliRunner().invoke(app, [str(a) for a in [*args, "--device", "cpu", "--workers", "2"]])
+    result = invoke([str(a) for a in [*args, "--device", "cpu", "--workers", "2"]])
     assert result.exit_code == 0, result.output
     pair = json.loads((tmp_path / "pair" / "prediction.json").read_text())
     for alone, in_pair in zip(single, pair["scans"], strict=True):
@@ -436,7 +432,7 @@ def test_predict_and_explain_on_the_cpu_with_two_workers(run, cohort, tmp_path):
 
     args = ["explain", "--checkpoint", run, "--manifest", cohort, "--out", tmp_path / "maps"]
     args += ["--limit", "2", "--cache", tmp_path / "c", "--device", "cpu", "--workers", "2"]
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = invoke([str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert "wrote heat maps for 2 scans" in result.output
     assert len(cache_state(tmp_path / "c")) == 2

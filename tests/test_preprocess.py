@@ -113,7 +113,7 @@ def test_preprocess_volume_rejects_nan(chest):
     volume, _, _ = chest
     array = volume.array.copy()
     array[0, 0, 0] = np.nan
-    with pytest.raises(AidnetError, match="image contains NaN values"):
+    with pytest.raises(AidnetError, match="image contains NaN or infinite values"):
         preprocess_volume(volume.with_array(array), (8, 16, 16))
 
 

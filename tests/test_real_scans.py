@@ -19,9 +19,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from aidnet.cli import app
+from cli_runner import invoke
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +33,9 @@ MAPS = ("gradcam", "integrated_gradients")
 #: the calcium candidates' threshold: integrated gradients are kept on those voxels only
 CALCIUM_HU = 130.0
 
-runner = CliRunner()
-
 
 def run(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
+    result = invoke([str(a) for a in args])
     assert result.exit_code == 0, f"aidnet {' '.join(map(str, args))}:\n{result.output}"
     return result.output
 

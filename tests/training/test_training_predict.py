@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from training_helpers import TINY
-from typer.testing import CliRunner
 
-from aidnet.cli import app
 from aidnet.config import load_config
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 from aidnet.training.loop import train
+from cli_runner import invoke
 
 
 @pytest.mark.slow
@@ -27,9 +26,8 @@ def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
     records = read_manifest(cohort)
     scan, rescan = records[0], records[1]
     assert scan.subject == rescan.subject
-    runner = CliRunner()
-    result = runner.invoke(
-        app, ["predict", "--checkpoint", str(run), str(scan.path), "--out", str(tmp_path / "one")]
+    result = invoke(
+        ["predict", "--checkpoint", str(run), str(scan.path), "--out", str(tmp_path / "one")]
     )
     assert result.exit_code == 0, result.output
     one = json.loads((tmp_path / "one" / "prediction.json").read_text())
@@ -41,7 +39,7 @@ def test_predict_one_scan_and_a_pair(cohort, cache, tmp_path):
     assert one["model"] == "aidnet" and len(one["checkpoint_sha256"]) == 64
     assert one["disagreement"] is False and len(one["scans"]) == 1
     args = ["predict", "--checkpoint", str(run / "best.pt"), str(scan.path), str(rescan.path)]
-    result = runner.invoke(app, args + ["--out", str(tmp_path / "pair")])
+    result = invoke(args + ["--out", str(tmp_path / "pair")])
     assert result.exit_code == 0, result.output
     pair = json.loads((tmp_path / "pair" / "prediction.json").read_text())
     p = [s["p_cac"] for s in pair["scans"]]
@@ -104,9 +102,7 @@ def test_predict_with_bad_checkpoints_is_one_line(cohort, cache, tmp_path):
     }
     for name, message in cases.items():
         out = tmp_path / f"out-{name}"
-        result = CliRunner().invoke(
-            app, ["predict", "--checkpoint", str(tmp_path / name), scan, "--out", str(out)]
-        )
+        result = invoke(["predict", "--checkpoint", str(tmp_path / name), scan, "--out", str(out)])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("aidnet: error: "), result.output
@@ -125,9 +121,7 @@ def test_predict_on_a_head_names_the_file(cohort, cache, tmp_path, head_ct):
     good = str(read_manifest(cohort)[0].path)
     for inputs in ([str(head)], [good, str(head)]):  # alone, and as the rescan of a good scan
         out = tmp_path / f"out{len(inputs)}"
-        result = CliRunner().invoke(
-            app, ["predict", "--checkpoint", str(run), *inputs, "--out", str(out)]
-        )
+        result = invoke(["predict", "--checkpoint", str(run), *inputs, "--out", str(out)])
         assert result.exit_code == 2
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"aidnet: error: {head}: no lungs found")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from training_helpers import TINY, assert_same_weights, weights
-from typer.testing import CliRunner
 
 import aidnet.training.loop as loop
-from aidnet.cli import app
 from aidnet.config import load_config
 from aidnet.errors import AidnetError
 from aidnet.training.checkpoint import load_checkpoint, save_checkpoint
 from aidnet.training.loop import train
+from cli_runner import invoke
 
 
 @pytest.mark.slow
@@ -126,8 +125,7 @@ def test_resume_with_a_contradicting_flag_is_one_line(cohort, cache, tmp_path, f
     run = tmp_path / "run"
     config = load_config("tiny", epochs=1, head="calcium", **TINY)
     train(config, cohort, run, cache_dir=cache, progress=False)
-    result = CliRunner().invoke(
-        app,
+    result = invoke(
         ["train", "--manifest", str(cohort), "--out", str(run), "--preset", "tiny"]
         + [*flag, "--resume", "--cache", str(cache)],
     )

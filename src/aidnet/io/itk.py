@@ -30,9 +30,9 @@ def read_itk(path: Path) -> Volume:
     check_3d(path, size)
     if len(size) > 3:  # trailing singleton axes
         img = sitk.Extract(img, [*size[:3], *([0] * (len(size) - 3))], [0] * len(size))
-    array = sitk.GetArrayFromImage(img).astype(np.float32)  # (k, j, i)
-    ras = itk_affine(img)
-    array, affine, grid = reorient_with_grid(array, ras)
+    # a view of the image's buffer, (k, j, i): converted and reoriented in one copy below
+    view = sitk.GetArrayViewFromImage(img)
+    array, affine, grid = reorient_with_grid(view, itk_affine(img), dtype=np.float32)
     return Volume(array=array, spacing=spacing_of(affine), affine=affine, source=grid)
 
 

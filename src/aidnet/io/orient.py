@@ -30,9 +30,13 @@ def canonical_axes(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool
 
 
 def reorient_with_grid(
-    array: np.ndarray, affine: np.ndarray
+    array: np.ndarray, affine: np.ndarray, dtype: np.dtype | type | None = None
 ) -> tuple[np.ndarray, np.ndarray, SourceGrid]:
-    """Like :func:`reorient_canonical`, also returning the :class:`SourceGrid` that undoes it."""
+    """Like :func:`reorient_canonical`, also returning the :class:`SourceGrid` that undoes it.
+
+    With ``dtype``, the result is a new C-contiguous array of that type, made in one pass over
+    the input (a reader can hand in a view of the file's own buffer).
+    """
     affine = np.asarray(affine, dtype=np.float64)
     perm, flips = canonical_axes(affine)
     out = np.transpose(array, perm)
@@ -45,7 +49,11 @@ def reorient_with_grid(
             new_affine[:3, 3] = new_affine[:3, 3] + new_affine[:3, axis] * (n - 1)
             new_affine[:3, axis] = -new_affine[:3, axis]
     grid = SourceGrid(axes=perm, flips=flips, affine=affine.copy())
-    if not out.flags.c_contiguous:
+    if dtype is not None:
+        converted = np.empty(out.shape, dtype=dtype)
+        np.copyto(converted, out, casting="unsafe")
+        out = converted
+    elif not out.flags.c_contiguous:
         out = np.ascontiguousarray(out)
     return out, new_affine, grid
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from aidnet.errors import AidnetError
-from aidnet.io.volume import Volume
+from aidnet.io.volume import Volume, all_finite
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -55,7 +53,7 @@ def read_volume(path: Path | str) -> Volume:
             raise
         except Exception as exc:  # readers raise many exception types for broken files
             raise AidnetError(f"{path}: not a readable image ({_reason(exc)})") from None
-    if not np.isfinite(volume.array).all():
+    if not all_finite(volume.array):
         raise AidnetError(f"{path}: image contains NaN or infinite values")
     return volume
 

@@ -19,6 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """True unless a float array holds NaN or ±inf (two reductions; no mask is allocated)."""
+    if array.size == 0 or not np.issubdtype(array.dtype, np.floating):
+        return True
+    # min and max propagate NaN, and an infinity is one of them
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+
+
 @dataclass(frozen=True)
 class SourceGrid:
     """How a reader turned the input file's own array into the canonical one.

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from aidnet.errors import AidnetError
-from aidnet.io.volume import Volume
+from aidnet.io.volume import Volume, all_finite
 from aidnet.lung.components import (
     AIR_HU,
     FACES_3D,
@@ -23,9 +23,9 @@ from aidnet.lung.split import LEFT, RIGHT, fill_holes_per_slice, split_lungs
 
 
 def check_finite(array: np.ndarray) -> None:
-    """Raise AidnetError for NaN voxels (integer arrays cannot hold any)."""
-    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
-        raise AidnetError("image contains NaN values")
+    """Raise AidnetError for NaN or infinite voxels (integer arrays cannot hold any)."""
+    if not all_finite(array):
+        raise AidnetError("image contains NaN or infinite values")
 
 
 def _lung_components(air, spacing, axis_y, axis_x) -> np.ndarray:
