@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "aidnet.agatston",
             "aidnet.allocator",
             "aidnet.commandline",
+            "aidnet.roc",
             "aidnet.config",
             "aidnet.presets",
             "aidnet.weights",

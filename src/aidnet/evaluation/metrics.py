@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aidnet.roc import auc, roc_points
+
 if TYPE_CHECKING:
     import torch
 
@@ -25,14 +27,6 @@ def class_probs(logits: torch.Tensor) -> torch.Tensor:
 def p_cac_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """P(CAC): P(1) for 2 classes, P(1) + P(2) for 3 classes (paper's strategy 2)."""
     return class_probs(logits)[:, 1:].sum(dim=1)
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if y.min() == y.max():
-        return None
-    return float(roc_auc_score(y, p))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -53,8 +47,6 @@ def binary_metrics(
     With ``groups`` (the subject of each scan) the bootstrap resamples whole subjects, since a
     subject's scan and rescan are not independent; subjects are stratified by whether any of
     their scans has CAC."""
-    from sklearn.metrics import roc_curve
-
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(p_cac, dtype=float)
     if y.shape != p.shape or y.ndim != 1:
@@ -74,13 +66,13 @@ def binary_metrics(
         "sensitivity": tp / n_pos if n_pos else None,
         "specificity": tn / n_neg if n_neg else None,
         "confusion_2x2": [[tn, fp], [fn, tp]],
-        "auc": _auc(y, p) if y.size else None,
+        "auc": auc(y, p) if y.size else None,
     }
     if out["auc"] is None:
         notes.append("AUC undefined: the scans hold only one class")
         out["roc"] = {"fpr": [], "tpr": []}
     else:
-        fpr, tpr, _ = roc_curve(y, p)
+        fpr, tpr = roc_points(y, p)
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
     out["auc_ci95"] = None
     out["accuracy_ci95"] = None
@@ -100,7 +92,7 @@ def binary_metrics(
             idx = np.concatenate([members[c] for part in picked for c in part])
             if y[idx].min() == y[idx].max():
                 continue
-            aucs.append(float(_auc(y[idx], p[idx]) or 0.0))
+            aucs.append(float(auc(y[idx], p[idx]) or 0.0))
             accs.append(float(np.mean(called[idx] == (y[idx] == 1))))
             sens.append(float(np.mean(called[idx][y[idx] == 1])))
             specs.append(float(np.mean(~called[idx][y[idx] == 0])))

@@ -17,12 +17,13 @@ THRESHOLD = 0.5
 def auc_and_accuracy(y: np.ndarray, p_cac: np.ndarray) -> tuple[float, float]:
     """The AUC of P(CAC) for the CAC labels ``y`` (NaN when they hold one class only) and the
     accuracy of calling CAC at :data:`THRESHOLD` (NaN without scans)."""
-    from sklearn.metrics import roc_auc_score
+    from aidnet.roc import auc as roc_auc
 
     y, p_cac = np.asarray(y, dtype=int), np.asarray(p_cac, dtype=float)
     if y.size == 0:
         return float("nan"), float("nan")
-    auc = float(roc_auc_score(y, p_cac)) if y.min() != y.max() else float("nan")
+    area = roc_auc(y, p_cac)
+    auc = float("nan") if area is None else area
     called = p_cac >= THRESHOLD
     return auc, int(np.sum(called == (y == 1))) / y.size
 
