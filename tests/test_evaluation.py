@@ -11,7 +11,6 @@ from aidnet.agatston import score_class
 from aidnet.evaluation.metrics import (
     binary_metrics,
     called_class,
-    class_probs,
     collapse_confusion,
     multiclass_confusion,
     p_cac_from_logits,
@@ -25,6 +24,7 @@ from aidnet.evaluation.predictions import (
     write_metrics_json,
     write_predictions_csv,
 )
+from aidnet.inference import class_probs
 
 
 def test_perfect_separation():

@@ -154,10 +154,10 @@ def test_cohort_manifest_and_files(tmp_path):
     assert again.read_text() == manifest.read_text()
 
 
-def _visible_share(volume, labels):
-    """Shares of coronary calcium (label 1) inside the lungs' bounding box and not blanked by
-    the preprocessing (inside the dilated per-slice lung hull, outside the lungs), as in
-    :func:`aidnet.preprocess.sample.preprocess_volume`."""
+def _visible_share(volume, calcium):
+    """Shares of the ``calcium`` voxels (e.g. coronary, label 1) inside the lungs' bounding box
+    and not blanked by the preprocessing (inside the dilated per-slice lung hull, outside the
+    lungs), as in :func:`aidnet.preprocess.sample.preprocess_volume`."""
     from aidnet.lung import lung_hull, segment_lungs
     from aidnet.lung.grid import block_any, upsample_nearest, working_factors
     from aidnet.preprocess.sample import lung_box
@@ -165,7 +165,6 @@ def _visible_share(volume, labels):
     lungs = segment_lungs(volume) > 0
     z0, z1, y0, y1, x0, x1 = lung_box(lungs)
     crop = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-    calcium = labels == 1
     n = calcium.sum()
     inside = calcium[crop]
     factors = working_factors(volume.spacing, inside.shape)
@@ -177,7 +176,7 @@ def _visible_share(volume, labels):
 def test_coronary_calcium_lies_within_the_lung_region(seed, cls):
     volume, labels, _ = render_pair(seed, "small", cls)[0]
     assert (labels == 1).any()
-    in_box, visible = _visible_share(volume, labels)
+    in_box, visible = _visible_share(volume, labels == 1)
     assert in_box >= 0.98 and visible >= 0.98
     # the lung bases reach below the heart; the apices lie well above it
     heart_rows = np.flatnonzero((labels == 1).any(axis=(1, 2)))
@@ -194,6 +193,32 @@ def test_non_coronary_calcium_does_not_depend_on_the_class():
         assert len(a) == len(b)
         for (ca, *_), (cb, *_) in zip(a, b, strict=True):
             np.testing.assert_array_equal(ca, cb)
+
+
+def test_calcified_lymph_nodes_are_hard_negatives_the_network_sees(monkeypatch):
+    """Nodes at the mediastinal and hilar stations: bright, labelled other calcium, mostly in the
+    region preprocessing keeps, class-independent, and drawn after everything else."""
+    from aidnet.phantom import anatomy
+
+    def draw(share, make):
+        monkeypatch.setattr(anatomy, "LYMPH_NODE_SHARE", share)
+        return make()
+
+    plain = draw(0.0, lambda: anatomy.draw_subject(np.random.default_rng(5), 0).distractors)
+    noded = draw(1.0, lambda: anatomy.draw_subject(np.random.default_rng(5), 0).distractors)
+    assert len(noded) > len(plain)
+    for (ca, *_), (cb, *_) in zip(plain, noded[: len(plain)], strict=True):
+        np.testing.assert_array_equal(ca, cb)  # the draws before the nodes are unchanged
+    visible = []
+    for seed in (31, 32, 33):
+        _, labels0, _ = draw(0.0, lambda s=seed: render_pair(s, "small", 0)[0])
+        volume, labels, _ = draw(1.0, lambda s=seed: render_pair(s, "small", 0)[0])
+        nodes = (labels == 2) & (labels0 != 2)
+        assert nodes.any() and not (labels == 1).any()
+        assert np.array_equal(labels0[~nodes], labels[~nodes])  # nothing else moved
+        assert np.mean(volume.array[nodes] >= 130) >= 0.5  # calcium-bright, as a plaque is
+        visible.append(_visible_share(volume, nodes)[1])
+    assert np.median(visible) >= 0.5, visible
 
 
 def _files(folder):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from aidnet.commandline import REQUIRED, CommandLine, argument, echo, option
 from aidnet.errors import AidnetError
+from aidnet.presets import DEFAULT_PRESET
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -150,7 +151,7 @@ def agatston(
 def preprocess(
     manifest: Path = argument(REQUIRED, help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Cache folder (one file per scan)."),
-    preset: str = option("demo", "--preset", help="Sets the network input size."),
+    preset: str = option(DEFAULT_PRESET, "--preset", help="Sets the network input size."),
     workers: int = option(1, "--workers", min=1, help="Parallel processes."),
     qc: bool = option(
         False, "--qc", help="Also draw OUT/qc/<subject>_<visit>.png: lungs and crop box."
@@ -181,7 +182,7 @@ def preprocess(
 def train(
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Run folder (checkpoints, logs, split)."),
-    preset: str = option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
     model: str | None = option(None, "--model", help="aidnet, idnet, resnet101 or densenet121."),
     strategy: int | None = option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
     lambda_: float | None = option(None, "--lambda", help="Contrastive loss weight."),
@@ -429,7 +430,7 @@ def explain(
 def demo(
     out: Path = option(Path("runs/demo"), "--out", help="Folder for everything."),
     subjects: int = option(120, "--subjects", min=10, help="Phantom subjects."),
-    preset: str = option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
     seed: int = option(0, "--seed"),
 ) -> None:
     """The whole job on a synthetic cohort: phantom, train, evaluate, explain, report."""
@@ -445,7 +446,7 @@ def demo(
 def experiment(
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Folder for every row, the table and report."),
-    preset: str = option("demo", "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
     rows: str | None = option(
         None,
         "--rows",

@@ -23,10 +23,7 @@ from typing import Any
 import yaml
 
 from aidnet.errors import AidnetError
-
-PRESETS = ("tiny", "demo", "paper", "full")
-#: the preset a YAML file starts from when it names none, and the CLI's ``--preset``
-DEFAULT_PRESET = "demo"
+from aidnet.presets import DEFAULT_PRESET, PRESETS
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,13 @@ THREAD_VARIABLES = (
 
 
 def init_worker() -> None:
-    """One thread per worker (the pool is the parallelism); Ctrl-C is the parent's to handle."""
+    """One thread per worker (the pool is the parallelism); Ctrl-C is the parent's to handle;
+    the parent's malloc policy (a spawned process starts with glibc's own, so without this a
+    worker page-faults every large buffer of every scan that the parent would not)."""
+    from aidnet.allocator import keep_freed_memory
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     import torch

@@ -17,15 +17,10 @@ if TYPE_CHECKING:
 CAC_THRESHOLD = 0.5
 
 
-def class_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes, computed in float32."""
-    import torch
-
-    return torch.softmax(logits.float(), dim=1)
-
-
 def p_cac_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """P(CAC): P(1) for 2 classes, P(1) + P(2) for 3 classes (paper's strategy 2)."""
+    from aidnet.inference import class_probs
+
     return class_probs(logits)[:, 1:].sum(dim=1)
 
 

@@ -334,4 +334,37 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
                 semi = np.array([U(1.5, 4.5), U(1.0, 2.5), U(1.0, 2.0)])
             sub.distractors.append((centre, frame, semi, float(hu)))
             total += _blob_estimate(semi, hu)
+    # calcified lymph nodes (old granulomatous disease), from a generator of their own drawn
+    # last, so that the draws above are those of cohorts written before they existed
+    _lymph_nodes(sub, np.random.default_rng(rng.integers(2**63)), car, bif, arch_z)
     return sub
+
+
+#: share of subjects with calcified mediastinal or hilar lymph nodes, whatever their CAC
+LYMPH_NODE_SHARE = 0.3
+
+
+def _lymph_nodes(sub: Subject, rng: np.random.Generator, carina, bifurcation, arch_z) -> None:
+    """1–4 calcified nodes at the usual stations — subcarinal, hilar, right paratracheal,
+    aortopulmonary window — outside the heart, as dense as plaques or denser: a hard negative
+    (a calcified hilar node is a common finding on a CAC-free chest CT)."""
+    if rng.random() >= LYMPH_NODE_SHARE:
+        return
+    U = rng.uniform
+    p = sub.p
+    for _ in range(rng.integers(1, 5)):
+        station = rng.integers(4)
+        if station == 0:  # subcarinal, between the main bronchi
+            centre = carina + np.array([U(-6, 6), U(4, 12), U(10, 22)])
+        elif station == 1:  # hilar, beside a main bronchus
+            side = rng.choice([-1.0, 1.0])
+            centre = np.array([side * (p["gap"] + U(6, 18)), U(-4, 12), bifurcation[2] + U(5, 30)])
+        elif station == 2:  # right paratracheal, above the carina
+            centre = np.array([-U(12, 20), U(-8, 4), U(arch_z - 10, carina[2] - 10)])
+        else:  # aortopulmonary window, under the arch
+            centre = np.array([U(4, 16), U(-10, 2), arch_z + U(20, 32)])
+        radius = np.exp(U(np.log(2.0), np.log(7.0)))
+        semi = radius * np.array([1.0, U(0.6, 1.0), U(0.5, 0.9)])
+        # mostly dense and solid; some partly calcified (speckled, lower peak)
+        hu = U(500, 1600) if rng.random() < 0.7 else U(200, 500)
+        sub.distractors.append((centre, _random_axes(rng), semi, float(hu)))
