@@ -291,6 +291,17 @@ def test_demo_leaves_a_report(tmp_path):
     assert metrics["n"] > 0
 
 
+def test_demo_at_the_fewest_subjects_it_accepts_shows_what_its_test_split_has(tmp_path, caplog):
+    """`aidnet demo --subjects 10`: one test subject, two scans, so two heat maps and a note,
+    not a stop for want of a third."""
+    from aidnet.pipeline import run_demo
+
+    run_demo(tmp_path, subjects=10, preset="tiny")
+    assert (tmp_path / "report.html").exists()
+    assert len(list((tmp_path / "heatmaps").rglob("*.nii.gz"))) >= 2
+    assert "gallery shows 2 heat maps" in caplog.text
+
+
 def test_no_patient_name_or_id_leaks_into_outputs(run, cohort, tmp_path):
     import gzip
 

@@ -8,6 +8,7 @@ reuses what is already finished (cohort, cache, completed epochs).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -75,8 +76,15 @@ def run_demo(out: Path, *, subjects: int = 120, preset: str = "demo", seed: int 
     picked = pick_gallery(out / "predictions.csv")
     maps = explain_manifest(run, manifest, out / "heatmaps", keys=[c["key"] for c in picked])
     timings["explain_s"] = time.perf_counter() - t0
-    if len(maps) < 3:
-        raise AidnetError(f"{out}: only {len(maps)} heat maps could be written (need 3)")
+    if len(maps) < len(picked):
+        raise AidnetError(f"{out}: only {len(maps)} of {len(picked)} heat maps could be written")
+    if len(picked) < 3:  # a small cohort's test split (10 subjects: one subject, two scans)
+        logging.getLogger("aidnet").warning(
+            "the test split holds %d labelled scans, so the gallery shows %d heat maps; "
+            "more --subjects give a fuller one",
+            len(picked),
+            len(picked),
+        )
 
     print("[5/5] writing the report")
     records = read_manifest(manifest)
