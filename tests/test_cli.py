@@ -175,6 +175,18 @@ def test_lungs_command_on_a_head_names_the_file(tmp_path, head_ct):
     assert not (tmp_path / "m.nii.gz").exists()
 
 
+def test_lungs_command_output_the_file_system_refuses(tmp_path):
+    """A folder that cannot be made (a file is in the way): one line naming it, nothing written."""
+    from test_lung import synthetic_chest
+
+    ras_nifti(synthetic_chest((40, 64, 64), (6.0, 6.0, 6.0))[0], tmp_path / "chest.nii.gz")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    out = tmp_path / "taken" / "sub" / "lungs.nii.gz"
+    result = run("lungs", tmp_path / "chest.nii.gz", "--out", out)
+    one_line_error(result, str(tmp_path / "taken"))
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
 def test_lungs_command_bad_output_name(tmp_path):
     result = run("lungs", tmp_path / "ct.nii.gz", "--out", tmp_path / "m.nrrd")
     one_line_error(result, "m.nrrd", "NIfTI")

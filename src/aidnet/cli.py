@@ -52,7 +52,8 @@ def _show_notes() -> None:
 
 
 def friendly(func: F) -> F:
-    """Turn AidnetError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Turn AidnetError, a refusal of the file system and Ctrl-C into one line on stderr and a
+    non-zero exit."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -60,6 +61,11 @@ def friendly(func: F) -> F:
             return func(*args, **kwargs)
         except AidnetError as exc:
             echo(f"aidnet: error: {exc}", err=True)
+            raise SystemExit(2) from None
+        except OSError as exc:  # the file system refused (a folder that cannot be made, a full
+            # disk, no permission): where and why, in the same one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            echo(f"aidnet: error: {where}{exc.strerror or exc}", err=True)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             echo("aidnet: interrupted; finished work is kept, re-run to resume", err=True)
@@ -311,7 +317,7 @@ def _check_resume_flags(out: Path, flags: dict[str, tuple[str, Any]], epochs: in
 @friendly
 def evaluate(
     checkpoint: list[Path] = option(
-        ..., "--checkpoint", help="Run folder or checkpoint file; repeat it for an ensemble."
+        REQUIRED, "--checkpoint", help="Run folder or checkpoint file; repeat it for an ensemble."
     ),
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Folder for predictions.csv and metrics.json."),
