@@ -78,7 +78,7 @@ def test_plain_phantom_passes_and_its_spine_is_bone(seed, size):
     assert blood_pool(hu, small, spacing) == (0.0, None)
     regions = enhanced_regions(hu, small, spacing)
     spine = max(regions, key=lambda r: r.volume_ml)
-    assert spine.bone and spine.volume_ml > 20.0 and 180.0 <= spine.median_hu <= 300.0
+    assert spine.bone and spine.volume_ml > MIN_REGION_ML and 180.0 <= spine.median_hu <= 300.0
     assert spine.cortex_share > 0.9
     assert (
         spine.centroid[1] > 0.7 * hu.shape[1]

@@ -260,3 +260,41 @@ def test_phantom_command_workers(tmp_path):
     assert (tmp_path / "p" / "manifest.csv").read_text() == serial.read_text()
     result = invoke([*args, "--workers", "0"])
     assert result.exit_code != 0 and "--workers" in result.output
+
+
+def test_metal_is_a_saturated_hard_negative_drawn_last(monkeypatch):
+    """Sternal wires, clips and a lead: they saturate the scanner (3071 HU), are labelled other
+    calcium (never coronary), and leave every earlier draw of the subject as it was."""
+    from aidnet.phantom import anatomy
+
+    def subject(share):
+        monkeypatch.setattr(anatomy, "METAL_SHARE", dict.fromkeys(anatomy.METAL_SHARE, share))
+        return anatomy.draw_subject(np.random.default_rng(5), 2)
+
+    plain, metal = subject(0.0), subject(1.0)
+    assert not plain.metal and len(metal.metal) > 20
+    for a, b in zip(plain.plaques + plain.distractors, metal.plaques + metal.distractors):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert plain.p == metal.p
+    for seed in (31, 32):
+        volume, labels, _ = render_pair(seed, "small", 1)[0]
+        hot = volume.array >= 3000
+        assert hot.any() and (labels[hot] == 2).all()
+
+
+def test_metal_streaks_fade_with_distance_and_stay_in_their_slice():
+    from aidnet.phantom.render import METAL_FLOOR_HU, _metal_streaks
+    from aidnet.phantom.shapes import Grid
+
+    grid = Grid((3, 128, 128), (3.0, 1.0, 1.0), 0.0, 0.0, (0.0, 0.0, 0.0))
+    vol = np.full(grid.shape, 40.0, dtype=np.float32)
+    vol[1, 62:66, 62:66] = 12000.0
+    before = vol.copy()
+    _metal_streaks(vol, grid, np.random.default_rng(0))
+    assert np.array_equal(vol[[0, 2]], before[[0, 2]])  # slices without metal untouched
+    assert (vol[1] >= METAL_FLOOR_HU).sum() == 16
+    y, x = np.mgrid[:128, :128]
+    r = np.hypot(y - 63.5, x - 63.5)
+    dev = np.abs(vol[1] - 40.0)
+    near, far = dev[(r > 8) & (r < 20)].mean(), dev[(r > 45) & (r < 60)].mean()
+    assert near > 2.0 and near > 1.5 * far

@@ -25,6 +25,7 @@ class Subject:
     nodules: list[tuple[np.ndarray, float]] = field(default_factory=list)
     plaques: list[Blob] = field(default_factory=list)
     distractors: list[Blob] = field(default_factory=list)
+    metal: list[Blob] = field(default_factory=list)  # wires, clips, leads: labelled other calcium
     target_class: int = 0
     plaque_estimate: float = 0.0
 
@@ -89,8 +90,8 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     p: dict[str, float] = {}
     # thoracic cavity (inside the ribs) first; fat and muscle add outwards (habitus)
     p["cav_a"] = U(108, 135) * s  # half width
-    p["cav_ant"] = U(72, 92) * s  # centre → anterior wall (behind the sternum)
-    p["cav_post"] = U(58, 72) * s  # centre → posterior wall (paravertebral gutters)
+    p["cav_ant"] = U(72, 100) * s  # centre → anterior wall (behind the sternum)
+    p["cav_post"] = U(58, 78) * s  # centre → posterior wall (paravertebral gutters)
     p["fat"] = U(6, 28)
     p["mus"] = U(9, 15)
     p["mus_post"] = U(38, 52)
@@ -124,8 +125,9 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     p["rib_drop"] = U(45, 80)
     p["stern_z0"] = U(30, 45)
     p["stern_z1"] = p["stern_z0"] + U(150, 180)
-    # heart (centre, semi-axes, long axis)
-    hs = U(0.9, 1.12)
+    # heart (centre, semi-axes, long axis): chambers and myocardium about 400–950 mL before the
+    # fit to the chest below (an adult heart's range on CT)
+    hs = U(1.0, 1.3)
     p["ha"], p["hb"], p["hc"] = (
         58 * hs * U(0.92, 1.08),
         40 * hs * U(0.9, 1.1),
@@ -337,6 +339,8 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     # calcified lymph nodes (old granulomatous disease), from a generator of their own drawn
     # last, so that the draws above are those of cohorts written before they existed
     _lymph_nodes(sub, np.random.default_rng(rng.integers(2**63)), car, bif, arch_z)
+    # bone density and metal, from a generator of their own for the same reason
+    _bone_and_metal(sub, np.random.default_rng(rng.integers(2**63)))
     return sub
 
 
@@ -368,3 +372,55 @@ def _lymph_nodes(sub: Subject, rng: np.random.Generator, carina, bifurcation, ar
         # mostly dense and solid; some partly calcified (speckled, lower peak)
         hu = U(500, 1600) if rng.random() < 0.7 else U(200, 500)
         sub.distractors.append((centre, _random_axes(rng), semi, float(hu)))
+
+
+#: share of subjects with sternal wires (after a sternotomy), surgical clips in the mediastinum
+#: or on the heart, and a pacemaker or defibrillator lead, each drawn on its own and whatever
+#: the subject's CAC: metal is a hard negative, never coronary calcium
+METAL_SHARE = {"wires": 0.1, "clips": 0.1, "lead": 0.06}
+#: attenuation of metal before the scanner's 3071 HU ceiling (steel and platinum lie far above
+#: it; partial volume of a 1 mm wire on a coarse voxel still saturates)
+METAL_HU = 12000.0
+
+
+def _bone_and_metal(sub: Subject, rng: np.random.Generator) -> None:
+    """Cortical bone density (the cortex of real ribs, sternum and vertebrae measures about
+    900–1600 HU at diagnostic resolution) and, in some subjects, metal with its streaks."""
+    U = rng.uniform
+    p = sub.p
+    p["hu_cortex"] = U(900, 1600)
+    if rng.random() < METAL_SHARE["wires"]:  # sternal wires: loops around the sternum
+        z0, z1 = p["stern_z0"] + 12, p["stern_z0"] + U(90, 130)
+        cy = -p["cav_ant"] - 7
+        for z in np.linspace(z0, z1, rng.integers(4, 8)):
+            z = z + U(-3, 3)
+            loop = np.linspace(0, 2 * np.pi, 17)
+            pts = np.stack(
+                [U(18, 22) * np.cos(loop), cy + U(8, 11) * np.sin(loop), np.full(17, z)], axis=1
+            )
+            for a, b in zip(pts[:-1], pts[1:], strict=True):
+                seg = b - a
+                semi = np.array([0.5 * np.linalg.norm(seg) + 0.3, 0.5, 0.5])
+                sub.metal.append((0.5 * (a + b), _frame(seg), semi, METAL_HU))
+            knot = np.array([U(-4, 4), cy - U(9, 12), z])
+            sub.metal.append((knot, _random_axes(rng), np.array([2.0, 1.2, 1.0]), METAL_HU))
+    if rng.random() < METAL_SHARE["clips"]:  # clips: on the heart's surface or the mediastinum
+        for _ in range(rng.integers(2, 11)):
+            if rng.random() < 0.6:
+                centre = _surface(p, sub.heart_axes, U(0.2, 2.4), U(-np.pi, np.pi), 3.0)[0]
+            else:
+                centre = np.array([U(-25, 25), U(-30, 10), U(30, p["domeL"] * 0.55)])
+            semi = np.array([U(2.5, 4.0), U(0.4, 0.7), U(0.6, 1.0)])
+            sub.metal.append((centre, _random_axes(rng), semi, METAL_HU))
+    if rng.random() < METAL_SHARE["lead"]:  # a lead: superior vena cava → right atrium → apex
+        svc = next(pts for name, pts, _ in sub.tubes if name == "svc")
+        centre = np.array([p["hx"], p["hy"], p["hz"]])
+        apex = _surface(p, sub.heart_axes, 0.15, U(-1, 1), -4.0)[0]
+        ra = centre - 0.35 * p["ha"] * sub.heart_axes[0] - 0.5 * p["hc"] * sub.heart_axes[2]
+        path = np.concatenate([svc, [ra, 0.5 * (ra + apex), apex]])
+        for a, b in zip(path[:-1], path[1:], strict=True):
+            for t0, t1 in zip(np.linspace(0, 1, 6)[:-1], np.linspace(0, 1, 6)[1:], strict=True):
+                pa, pb = a + t0 * (b - a), a + t1 * (b - a)
+                seg = pb - pa
+                semi = np.array([0.5 * np.linalg.norm(seg) + 0.5, 0.9, 0.9])
+                sub.metal.append((0.5 * (pa + pb), _frame(seg), semi, METAL_HU))

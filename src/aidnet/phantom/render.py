@@ -83,10 +83,11 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
     dspin = 1.0 - np.hypot(X / 4.5, (Y - p["canal_y"] - 30) / 16)
     cov_v, cov_canal = ramp(dv, w), ramp(dcanal, w)
     cov_arch = np.maximum(ramp(dring, w) * (p["canal_y"] - 10 < Y), ramp(dspin * 4.5, w))
-    vert_val = np.where(dv < 2.0, 650.0, 230.0).astype(np.float32)
+    cortex = float(p.get("hu_cortex", 650.0))
+    vert_val = np.where(dv < 1.2, cortex, 230.0).astype(np.float32)
     dst = 1.0 - np.hypot(X / 16.0, (Y + p["cav_ant"] + 7) / 7.0)
     cov_st = ramp(dst * 7, w)
-    st_val = np.where(dst * 7 < 1.5, 600.0, 260.0).astype(np.float32)
+    st_val = np.where(dst * 7 < 1.0, 0.92 * cortex, 260.0).astype(np.float32)
     # table, in scanner coordinates under the patient's back
     table_rows = None
     if table:
@@ -126,7 +127,7 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
         phase = (z - p["vert_phase"]) % p["vert_period"]
         _paint(buf, cov_v, 85.0 if phase < 6 else vert_val)
         if 8 < phase < p["vert_period"] - 2:
-            _paint(buf, cov_arch, 420.0)
+            _paint(buf, cov_arch, 0.65 * cortex)
         _paint(buf, cov_canal, 15.0)
         if p["stern_z0"] < z < p["stern_z1"]:
             _paint(buf, cov_st, st_val)
@@ -140,7 +141,7 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
         dr = (rr_b / sc - 0.95) * (p["cav_ant"] + 6)
         edge = np.maximum(np.abs(dz) / 5.5, np.abs(dr) / 4.5)
         cov = ramp((1 - edge) * 4.5, w) * ok
-        val = np.where(psi_b > rib_cart[ii], 115.0, np.where(edge < 0.6, 260.0, 650.0))
+        val = np.where(psi_b > rib_cart[ii], 115.0, np.where(edge < 0.8, 260.0, cortex))
         sub_buf = buf[band]
         sub_buf += cov * (val - sub_buf)
         buf[band] = sub_buf
@@ -173,6 +174,37 @@ def _organs(sub: Subject, grid: Grid, vol: np.ndarray, lab: np.ndarray) -> None:
         paint_blob(vol, lab, grid, c, axes, semi_b, hu, LABEL_OTHER_CALCIUM)
     for c, axes, semi_b, hu in sub.plaques:
         paint_blob(vol, lab, grid, c, axes, semi_b, hu, LABEL_CORONARY)
+    for c, axes, semi_b, hu in sub.metal:
+        paint_blob(vol, lab, grid, c, axes, semi_b, hu, LABEL_OTHER_CALCIUM)
+
+
+#: Only metal reaches this value before noise (bone, plaques and distractors stay below 1700 HU).
+METAL_FLOOR_HU = 2500.0
+
+
+def _metal_streaks(vol: np.ndarray, grid: Grid, rng: np.random.Generator) -> None:
+    """Streaks beside metal, slice by slice: bright and dark lines through the metal that fade
+    with distance (beam hardening and photon starvation), stronger for more metal."""
+    hot = np.flatnonzero(vol.max(axis=(1, 2)) >= METAL_FLOOR_HU)
+    if hot.size == 0:
+        return
+    sy, sx = float(grid.spacing[1]), float(grid.spacing[2])
+    ny, nx = vol.shape[1:]
+    yy = (np.arange(ny, dtype=np.float32) * sy)[:, None]
+    xx = (np.arange(nx, dtype=np.float32) * sx)[None, :]
+    for k in hot:
+        j, i = np.nonzero(vol[k] >= METAL_FLOOR_HU)
+        area = j.size * sx * sy
+        cy, cx = float(j.mean()) * sy, float(i.mean()) * sx
+        dy, dx = yy - cy, xx - cx
+        r = np.sqrt(dy * dy + dx * dx)
+        fade = 1.0 / (1.0 + r / 30.0)
+        strength = min(1.0, np.sqrt(area / 6.0))
+        for theta in rng.uniform(0, np.pi, size=int(rng.integers(6, 15))):
+            off = np.abs(dx * np.sin(theta) - dy * np.cos(theta))
+            width = rng.uniform(0.6, 1.6)
+            amp = strength * rng.uniform(40, 220) * rng.choice([-1.0, 1.0])
+            vol[k] += (amp * np.exp(-((off / width) ** 2)) * fade).astype(np.float32)
 
 
 #: Reconstruction kernels: in-plane blur of the image (mm, Gaussian sigma), edge overshoot of
@@ -220,6 +252,8 @@ def render_visit(
     sigma_px = psf_mm / float(grid.spacing[1])
     vol, lab = _slices(sub, grid, table, rng)
     _organs(sub, grid, vol, lab)
+    if sub.metal:
+        _metal_streaks(vol, grid, rng)
     out = np.empty(grid.shape, dtype=np.int16)
     white = np.empty(grid.shape[1:], dtype=np.float32)
     for k in range(grid.shape[0]):
