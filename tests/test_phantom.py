@@ -273,7 +273,9 @@ def test_metal_is_a_saturated_hard_negative_drawn_last(monkeypatch):
 
     plain, metal = subject(0.0), subject(1.0)
     assert not plain.metal and len(metal.metal) > 20
-    for a, b in zip(plain.plaques + plain.distractors, metal.plaques + metal.distractors):
+    for a, b in zip(
+        plain.plaques + plain.distractors, metal.plaques + metal.distractors, strict=True
+    ):
         np.testing.assert_array_equal(a[0], b[0])
     assert plain.p == metal.p
     for seed in (31, 32):
