@@ -145,8 +145,9 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     # the epicardial fat touches the anterior chest wall region and rests on the left dome
     semi = np.array([p["ha"], p["hb"], p["hc"]])
     ext = np.sqrt(((axes * (semi + p["epi"])[:, None]) ** 2).sum(0))
-    # a large heart in a shallow chest is scaled to fit in front of the spine and aorta
-    room = p["cav_ant"] + p["vert_y"] - p["rv"] - 16 - p["pleura"]
+    # a large heart in a shallow chest is scaled to fit in front of the spine (the left atrium
+    # reaches the vertebral body; the descending aorta, drawn after the heart, indents it)
+    room = p["cav_ant"] + p["vert_y"] - p["rv"] - 2 - p["pleura"]
     if 2 * ext[1] > room:
         semi *= room / (2 * ext[1])
         p["ha"], p["hb"], p["hc"] = (float(v) for v in semi)
@@ -192,6 +193,8 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
         ("svc", np.array([[-30 - U(0, 8), -12, 5], [-28, -8, root[2] + 8]]), np.array([9.0, 10.0]))
     )
     sub.tubes.append(("aorta", aorta, aorta_r))
+    # the descending aorta again, painted after the heart where the two meet
+    sub.tubes.append(("aorta_desc", aorta[len(asc) + 10 :], aorta_r[len(asc) + 10 :]))
     sub.tubes.append(("pa", np.array([pa0, bif]), np.array([13.0, 12.0])))
     sub.tubes.append(("lpa", np.array([bif, bif + [60, 12, 8]]), np.array([10.0, 7.0])))
     sub.tubes.append(("rpa", np.array([bif, bif + [-62, 8, 12]]), np.array([10.0, 7.0])))

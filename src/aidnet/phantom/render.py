@@ -154,6 +154,8 @@ def _organs(sub: Subject, grid: Grid, vol: np.ndarray, lab: np.ndarray) -> None:
     p = sub.p
     clear = {"clear_label": LABEL_LUNG}
     for name, pts, radii in sub.tubes:
+        if name == "aorta_desc":
+            continue
         if name in ("trachea", "bronchusL", "bronchusR"):
             paint_tube(vol, lab, grid, pts, radii + 2.0, p["hu_mus"], **clear)
             paint_tube(vol, lab, grid, pts, radii, -990.0, **clear)
@@ -164,6 +166,10 @@ def _organs(sub: Subject, grid: Grid, vol: np.ndarray, lab: np.ndarray) -> None:
     semi = np.array([p["ha"], p["hb"], p["hc"]])
     paint_ellipsoid(vol, lab, grid, centre, sub.heart_axes, semi + p["epi"], p["hu_fat"], **clear)
     paint_ellipsoid(vol, lab, grid, centre, sub.heart_axes, semi, p["hu_blood"] + 4, **clear)
+    for name, pts, radii in sub.tubes:
+        if name == "aorta_desc":
+            paint_tube(vol, lab, grid, pts, radii + 3.0, p["hu_fat"], **clear)
+            paint_tube(vol, lab, grid, pts, radii, p["hu_blood"], **clear)
     for pts, radii in sub.coronaries.values():
         paint_tube(vol, lab, grid, pts, radii, p["hu_blood"])
     for pts, radii in sub.lung_vessels:
