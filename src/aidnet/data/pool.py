@@ -25,12 +25,20 @@ THREAD_VARIABLES = (
 )
 
 
-def init_worker() -> None:
+#: How often (seconds) a worker checks that the process that started it is still there.
+PARENT_CHECK_S = 0.5
+
+
+def init_worker(parent: int | None = None) -> None:
     """One thread per worker (the pool is the parallelism); Ctrl-C is the parent's to handle;
     the parent's malloc policy (a spawned process starts with glibc's own, so without this a
-    worker page-faults every large buffer of every scan that the parent would not)."""
+    worker page-faults every large buffer of every scan that the parent would not); and when
+    ``parent`` (its process id) is gone — killed, or stopped by the out-of-memory killer — the
+    worker exits instead of idling on as an orphan that holds its memory."""
     from aidnet.allocator import keep_freed_memory
 
+    if parent is not None:
+        _exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_freed_memory()
     for name in THREAD_VARIABLES:
@@ -43,6 +51,20 @@ def init_worker() -> None:
     except ImportError:  # pragma: no cover - shipped with scikit-learn
         return
     threadpool_limits(limits=1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # what it was writing is a temporary file; the rerun redoes that item
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="aidnet-parent-watch", daemon=True).start()
 
 
 def run_unordered(
@@ -70,6 +92,7 @@ def run_unordered(
         max_workers=min(workers, len(items)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
+        initargs=(os.getpid(),),
     )
     finished = False
     try:
