@@ -31,7 +31,9 @@ CALCIUM_HU = 130.0
 
 
 def _world(affine: np.ndarray, ijk) -> np.ndarray:
-    return (affine @ np.r_[np.asarray(ijk, dtype=float), 1.0])[:3]
+    """Voxel indices (..., 3) → RAS+ mm (..., 3)."""
+    ijk = np.asarray(ijk, dtype=float)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
 
 
 def lung2_calcium_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +49,7 @@ def lung2_calcium_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
         idx = np.argwhere(box >= CALCIUM_HU) + [i0, j0, k0]
         points.append(idx)
     ijk = np.concatenate(points)
-    xyz = (affine @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
-    return ijk, xyz
+    return ijk, _world(affine, ijk)
 
 
 def check(model, scans: dict[str, Path]) -> dict[str, dict]:

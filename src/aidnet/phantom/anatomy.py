@@ -401,10 +401,7 @@ def _bone_and_metal(sub: Subject, rng: np.random.Generator) -> None:
             pts = np.stack(
                 [U(18, 22) * np.cos(loop), cy + U(8, 11) * np.sin(loop), np.full(17, z)], axis=1
             )
-            for a, b in zip(pts[:-1], pts[1:], strict=True):
-                seg = b - a
-                semi = np.array([0.5 * np.linalg.norm(seg) + 0.3, 0.5, 0.5])
-                sub.metal.append((0.5 * (a + b), _frame(seg), semi, METAL_HU))
+            sub.metal.extend(_wire(pts, radius=0.5, overlap=0.3))
             knot = np.array([U(-4, 4), cy - U(9, 12), z])
             sub.metal.append((knot, _random_axes(rng), np.array([2.0, 1.2, 1.0]), METAL_HU))
     if rng.random() < METAL_SHARE["clips"]:  # clips: on the heart's surface or the mediastinum
@@ -421,9 +418,17 @@ def _bone_and_metal(sub: Subject, rng: np.random.Generator) -> None:
         apex = _surface(p, sub.heart_axes, 0.15, U(-1, 1), -4.0)[0]
         ra = centre - 0.35 * p["ha"] * sub.heart_axes[0] - 0.5 * p["hc"] * sub.heart_axes[2]
         path = np.concatenate([svc, [ra, 0.5 * (ra + apex), apex]])
-        for a, b in zip(path[:-1], path[1:], strict=True):
-            for t0, t1 in zip(np.linspace(0, 1, 6)[:-1], np.linspace(0, 1, 6)[1:], strict=True):
-                pa, pb = a + t0 * (b - a), a + t1 * (b - a)
-                seg = pb - pa
-                semi = np.array([0.5 * np.linalg.norm(seg) + 0.5, 0.9, 0.9])
-                sub.metal.append((0.5 * (pa + pb), _frame(seg), semi, METAL_HU))
+        t = np.linspace(0, 1, 6)[:-1, None]  # each leg in five pieces
+        fine = [a + t * (b - a) for a, b in zip(path[:-1], path[1:], strict=True)]
+        sub.metal.extend(_wire(np.concatenate([*fine, path[-1:]]), radius=0.9, overlap=0.5))
+
+
+def _wire(points: np.ndarray, radius: float, overlap: float) -> list[Blob]:
+    """Metal along a polyline: one elongated blob per segment, each ``overlap`` mm longer at
+    both ends so that the pieces join."""
+    blobs = []
+    for a, b in zip(points[:-1], points[1:], strict=True):
+        seg = b - a
+        semi = np.array([0.5 * np.linalg.norm(seg) + overlap, radius, radius])
+        blobs.append((0.5 * (a + b), _frame(seg), semi, METAL_HU))
+    return blobs

@@ -153,6 +153,11 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
 def _organs(sub: Subject, grid: Grid, vol: np.ndarray, lab: np.ndarray) -> None:
     p = sub.p
     clear = {"clear_label": LABEL_LUNG}
+
+    def vessel(pts, radii) -> None:  # blood in a sheath of fat
+        paint_tube(vol, lab, grid, pts, radii + 3.0, p["hu_fat"], **clear)
+        paint_tube(vol, lab, grid, pts, radii, p["hu_blood"], **clear)
+
     for name, pts, radii in sub.tubes:
         if name == "aorta_desc":
             continue
@@ -160,16 +165,14 @@ def _organs(sub: Subject, grid: Grid, vol: np.ndarray, lab: np.ndarray) -> None:
             paint_tube(vol, lab, grid, pts, radii + 2.0, p["hu_mus"], **clear)
             paint_tube(vol, lab, grid, pts, radii, -990.0, **clear)
         else:
-            paint_tube(vol, lab, grid, pts, radii + 3.0, p["hu_fat"], **clear)
-            paint_tube(vol, lab, grid, pts, radii, p["hu_blood"], **clear)
+            vessel(pts, radii)
     centre = np.array([p["hx"], p["hy"], p["hz"]])
     semi = np.array([p["ha"], p["hb"], p["hc"]])
     paint_ellipsoid(vol, lab, grid, centre, sub.heart_axes, semi + p["epi"], p["hu_fat"], **clear)
     paint_ellipsoid(vol, lab, grid, centre, sub.heart_axes, semi, p["hu_blood"] + 4, **clear)
     for name, pts, radii in sub.tubes:
-        if name == "aorta_desc":
-            paint_tube(vol, lab, grid, pts, radii + 3.0, p["hu_fat"], **clear)
-            paint_tube(vol, lab, grid, pts, radii, p["hu_blood"], **clear)
+        if name == "aorta_desc":  # after the heart, which it indents
+            vessel(pts, radii)
     for pts, radii in sub.coronaries.values():
         paint_tube(vol, lab, grid, pts, radii, p["hu_blood"])
     for pts, radii in sub.lung_vessels:
