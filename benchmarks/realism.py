@@ -120,21 +120,19 @@ def local_mean_std(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def find_regions(volume, lungs: np.ndarray | None = None) -> dict:
     """Masks and boxes every measurement shares (see the module docstring)."""
-    from aidnet.lung import lung_hull, segment_lungs
+    from aidnet.lung import segment_lungs
     from aidnet.lung.grid import block_any, block_mean, upsample_nearest, working_factors
     from aidnet.lung.hull import slice_hulls
     from aidnet.preprocess.config import PreprocessConfig
-    from aidnet.preprocess.sample import lung_box, on_original_grid
+    from aidnet.preprocess.sample import lung_box, on_original_grid, region_hull
 
     hu = np.asarray(volume.array, dtype=np.float32)
     lungs = (segment_lungs(volume) if lungs is None else np.asarray(lungs)) != 0
     box = lung_box(lungs)
     z0, z1, y0, y1, x0, x1 = box
     crop = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-    factors = working_factors(volume.spacing, lungs[crop].shape)
-    dilation = PreprocessConfig(size=(1, 1, 1)).dilation_iterations
-    hull = lung_hull(block_any(lungs[crop], factors), dilation, steps=factors)
-    hull = upsample_nearest(hull, lungs[crop].shape, factors)
+    margin = PreprocessConfig(size=(1, 1, 1)).hull_margin_mm
+    hull = region_hull(lungs[crop], volume.spacing, margin)
     roi = on_original_grid(hull & ~lungs[crop], box, hu.shape)
 
     f = working_factors((1e9, *volume.spacing[1:]), hu.shape)  # in-plane blocks only

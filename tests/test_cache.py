@@ -63,12 +63,12 @@ def test_rerun_reuses_and_changed_config_does_not(cohort, tmp_path):
     assert again.reused == len(records) and again.done == first.done
     assert {p: p.stat().st_mtime_ns for p in again.done.values()} == stamps
 
-    changed = PreprocessConfig(size=SIZE, dilation_iterations=4)
+    changed = PreprocessConfig(size=SIZE, hull_margin_mm=4.0)
     other = preprocess_cohort(records, tmp_path, changed, progress=False)
     assert other.reused == 0 and other.failures == {}
     assert set(other.done.values()).isdisjoint(first.done.values())
     for record in records:
-        assert load_cached(other.done[record.key]).config["dilation_iterations"] == 4
+        assert load_cached(other.done[record.key]).config["hull_margin_mm"] == 4.0
     assert {p: p.stat().st_mtime_ns for p in first.done.values()} == stamps  # old ones kept
     assert len(listing(tmp_path)) == 2 * len(records)
 

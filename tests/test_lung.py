@@ -122,11 +122,11 @@ def test_lung_hull_bridges_the_lungs_and_dilates():
     mask = np.zeros((9, 30, 40), dtype=np.uint8)
     mask[2:7, 10:20, 5:15] = 1
     mask[2:7, 10:20, 25:35] = 2
-    hull = lung_hull(mask, dilation_iterations=0)
+    hull = lung_hull(mask, margin_mm=0)
     assert hull.dtype == bool
     assert hull[4, 15, 20] and hull[4, 10:20, 5:35].all()  # the gap between the lungs
     assert not hull[1].any() and hull.sum() == 5 * 10 * 30
-    dilated = lung_hull(mask, dilation_iterations=2)
+    dilated = lung_hull(mask, margin_mm=2)
     assert dilated[0, 15, 20] and not dilated[0, 9, 5]  # city-block distance: 2 along z, 3 here
     assert dilated[4, 8, 20] and not dilated[4, 7, 20]
     assert dilated.sum() > hull.sum()
@@ -136,7 +136,7 @@ def test_lung_hull_keeps_a_thin_crescent():
     mask = np.zeros((3, 40, 40), dtype=bool)
     mask[1, 5, 5:35] = True  # an L: its hull is ~8× its area
     mask[1, 5:35, 5] = True
-    hull = lung_hull(mask, dilation_iterations=0)
+    hull = lung_hull(mask, margin_mm=0)
     assert np.array_equal(hull, mask)
 
 
@@ -149,7 +149,7 @@ def test_lung_hull_keeps_the_heart_where_the_lungs_thin_to_crescents():
     mask[:2, 10:50, 45:75] = True
     crescent = (np.hypot(yy - 30, xx - 40) > 28) & (np.hypot(yy - 30, xx - 40) <= 31)
     mask[2:] = crescent & (np.abs(xx - 40) > 15) & (yy > 12)  # thin rims beside the heart
-    hull = lung_hull(mask, dilation_iterations=0)
+    hull = lung_hull(mask, margin_mm=0)
     assert slice_hulls(mask[2:3]).sum() == mask[2].sum()  # alone, the rule rejects the hull
     heart = np.hypot(yy - 30, xx - 40) <= 12
     assert hull[3][heart & (yy >= 10) & (yy < 50)].all()
@@ -205,8 +205,39 @@ def test_city_block_distance_is_dsb_dilation_on_any_grid():
     seeds, grid = np.argwhere(mask), np.indices(mask.shape).reshape(3, -1).T
     brute = (np.abs(grid[:, None, :] - seeds[None]) * steps).sum(-1).min(axis=1)
     assert np.allclose(city_block_distance(mask, tuple(steps)).ravel(), brute)
-    hull = lung_hull(mask.astype(np.uint8), dilation_iterations=6, steps=(1, 2, 3))
+    hull = lung_hull(mask.astype(np.uint8), margin_mm=6, spacing=(1, 2, 3))
     assert np.array_equal(hull, city_block_distance(slice_hulls(mask), tuple(steps)) <= 6)
+
+
+@pytest.mark.parametrize("margin", [10.0, 20.0])
+def test_region_margin_is_the_same_in_mm_on_any_pixel_size(margin):
+    """One chest drawn on 0.6 mm and on 1.6 mm pixels (3 and 5 mm slices): the region of
+    interest reaches the same distance beyond the lungs in millimetres, within one working
+    voxel (2.5 mm), in-plane and across slices."""
+    from aidnet.preprocess.sample import region_hull
+
+    reach = []
+    for spacing in ((3.0, 0.6, 0.6), (5.0, 1.6, 1.6)):
+        shape = tuple(
+            int(round(e / s)) for e, s in zip((150.0, 200.0, 300.0), spacing, strict=True)
+        )
+        z, y, x = (
+            (np.arange(n) + 0.5) * s - e / 2
+            for n, s, e in zip(shape, spacing, (150.0, 200.0, 300.0), strict=True)
+        )
+        zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+        lungs = np.zeros(shape, dtype=bool)
+        for side in (-1, 1):  # two ellipsoids, 30 mm apart, half widths 50 × 60 × 50 mm
+            lungs |= ((xx - side * 65) / 50) ** 2 + (yy / 60) ** 2 + (zz / 50) ** 2 <= 1
+        hull = region_hull(lungs, spacing, margin)
+        centre_row = hull[shape[0] // 2, shape[1] // 2]
+        xs = x[centre_row]
+        column = hull[:, shape[1] // 2, np.argmin(np.abs(x - 65))]
+        reach.append((xs.max() - 115.0, z[column].max() - 50.0))
+    for (in_plane, across), (in_plane2, across2) in zip(reach, reach[1:], strict=False):
+        assert abs(in_plane - in_plane2) <= 2.5 and abs(across - across2) <= 2.5 + 5.0 / 2
+    for in_plane, _ in reach:
+        assert margin - 2.5 <= in_plane <= margin + 2.5
 
 
 def test_cardiac_field_of_view_that_cuts_the_lungs(caplog):

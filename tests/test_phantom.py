@@ -158,17 +158,17 @@ def _visible_share(volume, calcium):
     """Shares of the ``calcium`` voxels (e.g. coronary, label 1) inside the lungs' bounding box
     and not blanked by the preprocessing (inside the dilated per-slice lung hull, outside the
     lungs), as in :func:`aidnet.preprocess.sample.preprocess_volume`."""
-    from aidnet.lung import lung_hull, segment_lungs
-    from aidnet.lung.grid import block_any, upsample_nearest, working_factors
-    from aidnet.preprocess.sample import lung_box
+    from aidnet.lung import segment_lungs
+    from aidnet.preprocess import PreprocessConfig
+    from aidnet.preprocess.sample import lung_box, region_hull
 
     lungs = segment_lungs(volume) > 0
     z0, z1, y0, y1, x0, x1 = lung_box(lungs)
     crop = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
     n = calcium.sum()
     inside = calcium[crop]
-    factors = working_factors(volume.spacing, inside.shape)
-    hull = upsample_nearest(lung_hull(block_any(lungs[crop], factors)), inside.shape, factors)
+    margin = PreprocessConfig(size=(1, 1, 1)).hull_margin_mm
+    hull = region_hull(lungs[crop], volume.spacing, margin)
     return inside.sum() / n, (inside & hull & ~lungs[crop]).sum() / n
 
 

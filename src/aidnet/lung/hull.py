@@ -54,18 +54,21 @@ def city_block_distance(
 
 
 def lung_hull(
-    mask: np.ndarray, dilation_iterations: int = 10, steps: tuple[int, int, int] = (1, 1, 1)
+    mask: np.ndarray,
+    margin_mm: float = 10.0,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
     """Boolean (Z, Y, X): per-slice convex hull of ``mask`` (nonzero = lung), dilated in 3-D.
 
-    The dilation is DSB2017's: ``dilation_iterations`` 6-connected steps on the scan's own grid.
-    When ``mask`` lies on a coarser working grid, ``steps`` gives the scan voxels per working
-    voxel along (z, y, x), so the margin stays that of the scan's grid (about 7 mm in-plane
-    and 10–25 mm across slices on a typical chest CT), whatever the working resolution.
+    The dilation is DSB2017's 6-connected one with its 10 steps counted in millimetres: a voxel
+    joins when a 6-connected path of at most ``margin_mm`` reaches the hull, one step along axis
+    ``a`` costing ``spacing[a]`` (the mask's voxel size in mm). DSB2017 counted voxels of the
+    scan's own grid, so its margin shrank with the pixel size (6 mm in-plane on 0.6 mm pixels,
+    16 mm on 1.6 mm) and the same chest gave scanners different regions.
     """
     hull = slice_hulls(mask)
-    if dilation_iterations <= 0 or not hull.any():
+    if margin_mm <= 0 or not hull.any():
         return hull
-    steps_f = tuple(float(s) for s in steps)
-    distance = city_block_distance(hull, steps_f, limit=float(dilation_iterations))  # type: ignore[arg-type]
-    return distance <= dilation_iterations
+    steps = tuple(float(s) for s in spacing)
+    distance = city_block_distance(hull, steps, limit=float(margin_mm))  # type: ignore[arg-type]
+    return distance <= margin_mm

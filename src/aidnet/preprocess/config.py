@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass
 
 # Bump when the algorithm changes in a way the settings below do not capture.
-ALGORITHM_VERSION = "4"  # 3: contrast-enhanced scans are refused; 4: by their blood pool too
+ALGORITHM_VERSION = "5"  # 3: contrast-enhanced scans are refused; 4: by their blood pool too;
+# 5: the hull's margin in millimetres
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class PreprocessConfig:
     calcium_hu: float = 130.0
     lung_hu: float = -600.0
     hull_ratio: float = 2.0
-    dilation_iterations: int = 10
+    hull_margin_mm: float = 10.0  # DSB2017's 10 dilation steps, as millimetres (any scanner)
     margin_mm: float = 0.0
 
     def __post_init__(self) -> None:

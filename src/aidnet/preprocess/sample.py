@@ -79,8 +79,9 @@ def preprocess_volume(
 
     1. ``lungs`` (nonzero = lung; default :func:`aidnet.lung.segment_lungs`) and their dilated
        per-slice convex hull, computed on the 2–2.5 mm working grid and mapped back with nearest
-       neighbour; the dilation is ``dilation_iterations`` 6-connected steps of the scan's own
-       grid (DSB2017), computed exactly on the working grid.
+       neighbour (:func:`region_hull`); the hull is widened by ``hull_margin_mm`` along
+       6-connected paths (DSB2017's dilation, in millimetres so every scanner gets the same
+       region).
     2. Crop to the lungs' bounding box (it holds the heart), widened by ``margin_mm`` (default
        none, as in the paper) within the scan. A contrast-enhanced scan is refused here
        (:func:`aidnet.preprocess.contrast.check_unenhanced`).
@@ -126,6 +127,19 @@ def on_original_grid(
     return out
 
 
+def region_hull(
+    lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float
+) -> np.ndarray:
+    """The lungs' per-slice convex hull widened by ``margin_mm`` (bool, on the grid of ``lungs``,
+    voxel size ``spacing``): computed on the 2–2.5 mm working grid, mapped back with nearest
+    neighbour. The network's region of interest is this hull less the lungs."""
+    lungs = np.asarray(lungs) != 0
+    factors = working_factors(spacing, lungs.shape)
+    working_mm = tuple(float(s) * f for s, f in zip(spacing, factors, strict=True))
+    hull = lung_hull(block_any(lungs, factors), margin_mm, working_mm)  # type: ignore[arg-type]
+    return upsample_nearest(hull, lungs.shape, factors)
+
+
 def _region_of_interest(
     volume: Volume, config: PreprocessConfig, lungs: np.ndarray | None
 ) -> tuple[tuple[int, int, int, int, int, int], np.ndarray, np.ndarray]:
@@ -145,10 +159,8 @@ def _region_of_interest(
     crop = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     crop_lungs = lungs[crop] != 0
     factors = working_factors(volume.spacing, crop_lungs.shape)
-    lungs_small = block_any(crop_lungs, factors)
     working_mm = tuple(float(s) * f for s, f in zip(volume.spacing, factors, strict=True))
-    check_unenhanced(block_mean(array[crop], factors), lungs_small, working_mm)  # type: ignore[arg-type]
-    hull_small = lung_hull(lungs_small, config.dilation_iterations, steps=factors)
-    hull = upsample_nearest(hull_small, crop_lungs.shape, factors)
+    check_unenhanced(block_mean(array[crop], factors), block_any(crop_lungs, factors), working_mm)  # type: ignore[arg-type]
+    hull = region_hull(crop_lungs, volume.spacing, config.hull_margin_mm)
     ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
     return box, ct, calcium
