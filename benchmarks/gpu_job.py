@@ -271,7 +271,7 @@ def run_job(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cache = args.out / "cache"
     done = preprocess_cohort(
-        labelled_records(manifest), cache, config.input_size, workers=args.workers
+        labelled_records(manifest), cache, config.preprocess(), workers=args.workers
     )
     report.phase(
         "preprocess",

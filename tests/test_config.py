@@ -77,3 +77,20 @@ def test_a_saved_configuration_is_read_as_saved_without_a_preset_under_it(tmp_pa
     old = read_saved_config(saved)
     assert (old.grad_clip, old.select_from) == (0.0, 0.0)
     assert load_config("demo").grad_clip == 20.0
+
+
+def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
+    """``dim_wall_bone`` of a configuration reaches its cache, its checkpoint's spec and the
+    model rebuilt from it; a checkpoint from before the setting preprocesses as before."""
+    from pathlib import Path
+
+    from aidnet.inference import Trained
+    from aidnet.training.loop import model_spec
+
+    config = load_config("tiny", dim_wall_bone=True)
+    assert config.preprocess().dim_wall_bone and config.preprocess().size == config.input_size
+    spec = model_spec(config)
+    assert Trained(None, spec, Path("x.pt"), None).preprocess == config.preprocess()  # type: ignore[arg-type]
+    del spec["dim_wall_bone"]
+    old = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
+    assert not old.dim_wall_bone and old.key() == load_config("tiny").preprocess().key()

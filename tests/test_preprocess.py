@@ -184,3 +184,56 @@ def test_calcium_candidates_are_the_calcium_channel_on_the_scan_grid():
     assert not candidates[segment_lungs(volume) != 0].any()  # never in the lungs
     coronary = labels == 1
     assert candidates[coronary].mean() > 0.5  # the plaques are candidates
+
+
+def test_wall_bone_leaves_the_calcium_channel_and_is_dimmed():
+    """Bone that crosses the region's edge (here a rod from outside the hull, and one cut by
+    the grid's in-plane border) leaves channel 1 and is capped at 130 HU in channel 0; calcium
+    inside the region, even beside the lungs, stays. Off by default (paper §2.1)."""
+    from aidnet.preprocess.sample import CALCIUM_HU, HU_LOW, input_channels, wall_bone
+
+    hu = np.full((6, 40, 40), 40.0, dtype=np.float32)
+    lungs = np.zeros(hu.shape, dtype=bool)
+    lungs[:, 12:28, 4:10] = True
+    hull = np.zeros(hu.shape, dtype=bool)
+    hull[:, 4:36, 2:38] = True
+    hu[2:4, 20, 25:40] = 900.0  # a rib: from outside the hull to well inside it
+    hu[2:4, 0:8, 14:16] = 700.0  # cut by the grid's border, inside the hull there
+    hu[2:4, 18:21, 18:21] = 400.0  # a plaque in the middle
+    hu[2:4, 14:16, 10:12] = 300.0  # a calcified node against the lung
+    plaque, node = (
+        (slice(2, 4), slice(18, 21), slice(18, 21)),
+        (slice(2, 4), slice(14, 16), slice(10, 12)),
+    )
+    bone = wall_bone(hu > CALCIUM_HU, hull)
+    assert bone[2, 20, 25:36].all() and bone[2, 4:8, 14].all()
+    assert not bone[plaque].any() and not bone[node].any()
+    ct, calcium = input_channels(hu, lungs, hull, dim_wall_bone=True)
+    assert calcium[plaque].all() and calcium[node].all() and not calcium[bone].any()
+    assert np.allclose(ct[2, 20, 25:36], (CALCIUM_HU - HU_LOW) / 800.0)
+    assert np.allclose(ct[plaque], (400.0 - HU_LOW) / 800.0)
+    ct_off, calcium_off = input_channels(hu, lungs, hull)
+    assert calcium_off[2, 20, 25:36].all() and ct_off[2, 20, 30] == 1.0
+
+
+@pytest.mark.parametrize("seed,cls", [(31, 2), (5, 0)])
+def test_wall_bone_on_a_phantom_leaves_only_the_calcifications(seed, cls):
+    """On a phantom scan the rule takes out the ribs, sternum and spine and keeps every voxel of
+    the coronary and other calcifications (labels 1 and 2) the channel held."""
+    from aidnet.phantom import render_pair
+    from aidnet.preprocess import PreprocessConfig
+    from aidnet.preprocess.sample import _region_of_interest
+
+    volume, labels, _ = render_pair(seed, "small", cls)[0]
+    channels = []
+    for dim in (False, True):
+        box, _, calcium = _region_of_interest(
+            volume, PreprocessConfig((8, 8, 8), dim_wall_bone=dim), None
+        )
+        channels.append(calcium)
+    z0, z1, y0, y1, x0, x1 = box
+    marked = labels[z0:z1, y0:y1, x0:x1] > 0
+    marked &= labels[z0:z1, y0:y1, x0:x1] < 3
+    kept, plain = channels[1], channels[0]
+    assert np.array_equal(kept & marked, plain & marked)  # every calcification stays
+    assert (kept & ~marked).sum() <= 0.01 * (plain & ~marked).sum()  # bone goes

@@ -157,7 +157,7 @@ def agatston(
 def preprocess(
     manifest: Path = argument(REQUIRED, help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Cache folder (one file per scan)."),
-    preset: str = option(DEFAULT_PRESET, "--preset", help="Sets the network input size."),
+    preset: str = option(DEFAULT_PRESET, "--preset", help="Sets the input size, preprocessing."),
     workers: int = option(1, "--workers", min=1, help="Parallel processes."),
     qc: bool = option(
         False, "--qc", help="Also draw OUT/qc/<subject>_<visit>.png: lungs and crop box."
@@ -167,9 +167,8 @@ def preprocess(
     from aidnet.config import load_config
     from aidnet.data.cache import preprocess_cohort
     from aidnet.data.manifest import read_manifest
-    from aidnet.preprocess import PreprocessConfig
 
-    config = PreprocessConfig(size=load_config(preset).input_size)
+    config = load_config(preset).preprocess()
     records = read_manifest(manifest, check_files=False)  # a missing scan fails alone
     result = preprocess_cohort(records, out, config, workers=workers, qc=qc)
     failures = result.failures

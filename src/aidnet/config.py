@@ -18,12 +18,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from aidnet.errors import AidnetError
 from aidnet.presets import DEFAULT_PRESET, PRESETS
+
+if TYPE_CHECKING:
+    from aidnet.preprocess.config import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class Config:
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.2
+    # preprocessing: bone that crosses the region of interest's edge (ribs, sternum, spine) out
+    # of the calcium channel and dimmed to 130 HU in the CT channel (preprocess/sample.py)
+    dim_wall_bone: bool = False
     augment: bool = True
     max_shift: int = 2  # voxels of random translation on the network grid
     # with augment: scanner variation on the CT channel — a random HU offset and gain, noise and
@@ -88,6 +94,12 @@ class Config:
     @property
     def num_classes(self) -> int:
         return 2 if self.strategy == 1 else 3
+
+    def preprocess(self) -> PreprocessConfig:
+        """The scan → network-input settings this configuration trains on."""
+        from aidnet.preprocess.config import PreprocessConfig
+
+        return PreprocessConfig(size=self.input_size, dim_wall_bone=self.dim_wall_bone)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from aidnet.data.datasets import Item, ScanDataset
 from aidnet.models.base import CACNet
+from aidnet.preprocess.config import PreprocessConfig
 
 #: scans per batch when predicting (validation, evaluation)
 PREDICT_BATCH = 4
@@ -37,6 +38,12 @@ class Trained:
     def input_size(self) -> tuple[int, int, int]:
         z, y, x = self.spec["input_size"]
         return int(z), int(y), int(x)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The scan → network-input settings the network was trained on."""
+        wall = bool(self.spec.get("dim_wall_bone", False))  # absent in older checkpoints: off
+        return PreprocessConfig(size=self.input_size, dim_wall_bone=wall)
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:

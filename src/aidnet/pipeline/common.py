@@ -39,8 +39,9 @@ def load_ensemble(
 ) -> list[Trained]:
     """One or more trained models whose class probabilities are averaged (a seed ensemble).
 
-    Members must share the network input size (so one preprocessed scan serves them all) and
-    the class count; anything else is one AidnetError line naming the member that differs.
+    Members must share the network input and its preprocessing (so one preprocessed scan serves
+    them all) and the class count; anything else is one AidnetError line naming the member
+    that differs.
     With ``device``, every member is moved there (:func:`on_device`).
     """
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
@@ -56,6 +57,11 @@ def load_ensemble(
                 f"{other.path}: cannot be averaged with {first.path}: input "
                 f"{'×'.join(map(str, other.input_size))} with {other.num_classes} classes, "
                 f"not {'×'.join(map(str, first.input_size))} with {first.num_classes}"
+            )
+        if other.preprocess != first.preprocess:
+            raise AidnetError(
+                f"{other.path}: cannot be averaged with {first.path}: trained on inputs "
+                "preprocessed differently (dim_wall_bone)"
             )
     return members
 
@@ -138,7 +144,7 @@ def cached_items(
     if cache_dir is None:
         cache_dir = default_cache_dir(trained, out)
     cached = preprocess_cohort(
-        records, cache_dir, trained.input_size, workers=workers, progress=True
+        records, cache_dir, trained.preprocess, workers=workers, progress=True
     )
     done, failures = cached.done, cached.failures
     items = [Item(r, done[r.key]) for r in records if r.key in done]

@@ -17,6 +17,7 @@ import torch
 from aidnet.errors import AidnetError
 from aidnet.io.volume import Volume
 from aidnet.pipeline.common import Trained, ensemble_name, load_ensemble
+from aidnet.preprocess.config import PreprocessConfig
 from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.sample import Sample
 from aidnet.training.checkpoint import file_sha256
@@ -40,18 +41,18 @@ class ScanJob:
 
     index: int
     path: Path
-    size: tuple[int, int, int]
+    config: PreprocessConfig
 
 
-def prepare_scan(path: Path, size: tuple[int, int, int]) -> tuple[Volume, Sample]:
-    """The scan read from ``path`` and its network input; a problem is one AidnetError line
-    that names the file."""
+def prepare_scan(path: Path, config: PreprocessConfig) -> tuple[Volume, Sample]:
+    """The scan read from ``path`` and its network input (a trained model's ``preprocess``);
+    a problem is one AidnetError line that names the file."""
     from aidnet.io.read import read_volume
-    from aidnet.preprocess import PreprocessConfig, preprocess_volume
+    from aidnet.preprocess import preprocess_volume
 
     volume = read_volume(path)
     try:
-        return volume, preprocess_volume(volume, PreprocessConfig(size=size))
+        return volume, preprocess_volume(volume, config)
     except AidnetError as exc:
         if str(path) in str(exc):
             raise
@@ -60,7 +61,7 @@ def prepare_scan(path: Path, size: tuple[int, int, int]) -> tuple[Volume, Sample
 
 def _run_scan_job(job: ScanJob) -> tuple[int, tuple[Volume, Sample] | BaseException]:
     try:
-        return job.index, prepare_scan(job.path, job.size)
+        return job.index, prepare_scan(job.path, job.config)
     except Exception as exc:  # raised in the caller's process, not lost in the pool's
         return job.index, exc
 
@@ -74,13 +75,13 @@ def _lost_scan_job(job: ScanJob, exc: BaseException) -> tuple[int, BaseException
 
 
 def prepare_scans(
-    paths: list[Path], size: tuple[int, int, int], workers: int = 1
+    paths: list[Path], config: PreprocessConfig, workers: int = 1
 ) -> list[tuple[Volume, Sample]]:
     """:func:`prepare_scan` of each path, in ``workers`` processes (the cache layer's pool,
     :func:`aidnet.data.pool.run_unordered`), in the order given; the first problem is raised."""
     from aidnet.data.pool import run_unordered
 
-    jobs = [ScanJob(i, Path(path), size) for i, path in enumerate(paths)]
+    jobs = [ScanJob(i, Path(path), config) for i, path in enumerate(paths)]
     results: dict[int, tuple[Volume, Sample] | BaseException] = dict(
         run_unordered(_run_scan_job, jobs, workers, lost=_lost_scan_job)
     )
@@ -128,7 +129,7 @@ def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
     scan is read and preprocessed once (see :func:`explain_prepared`).
     """
     members = trained if isinstance(trained, list) else [trained]
-    volume, sample = prepare_scan(path, members[0].input_size)
+    volume, sample = prepare_scan(path, members[0].preprocess)
     return explain_prepared(members, volume, sample)
 
 
@@ -157,7 +158,7 @@ def predict_scans(
     for scan in scans:
         if not scan.exists():
             raise AidnetError(f"{scan}: file not found")
-    prepared = prepare_scans(scans, trained.input_size, workers)  # all read before any write
+    prepared = prepare_scans(scans, trained.preprocess, workers)  # all read before any write
     explained = [explain_prepared(members, volume, sample) for volume, sample in prepared]
     out.mkdir(parents=True, exist_ok=True)
     # file names say scan/rescan, never the input's name (it may hold a patient's name)

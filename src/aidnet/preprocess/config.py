@@ -24,6 +24,8 @@ class PreprocessConfig:
     hull_ratio: float = 2.0
     hull_margin_mm: float = 10.0  # DSB2017's 10 dilation steps, as millimetres (any scanner)
     margin_mm: float = 0.0
+    # bone crossing the region's edge out of the calcium channel, dimmed in the CT (not §2.1)
+    dim_wall_bone: bool = False
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.size)
@@ -35,6 +37,8 @@ class PreprocessConfig:
         out = dataclasses.asdict(self)
         out["size"] = list(self.size)
         out["algorithm"] = ALGORITHM_VERSION
+        if not self.dim_wall_bone:  # off: caches from before the option keep their key
+            del out["dim_wall_bone"]
         return out
 
     def key(self) -> str:

@@ -43,11 +43,28 @@ def lung_box(
     return z0, z1, y0, y1, x0, x1
 
 
+def wall_bone(calcium: np.ndarray, hull: np.ndarray) -> np.ndarray:
+    """The components of ``calcium`` (26-connected, bool, on the grid of ``hull``) that reach,
+    in-plane, a voxel outside ``hull`` or the grid's in-plane border: bone that crosses the
+    chest wall (ribs, sternum, costal cartilage, the spine with its arches). Calcium on the
+    heart, the aorta or in lymph nodes lies inside the region and is not touched."""
+    from scipy import ndimage
+
+    outside = np.pad(~np.asarray(hull, dtype=bool), ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    cross = np.zeros((1, 3, 3), dtype=bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    edge = ndimage.binary_dilation(outside, structure=cross)[:, 1:-1, 1:-1]
+    labels, _ = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(labels[edge & calcium])
+    return np.isin(labels, touching[touching > 0])
+
+
 def input_channels(
     hu: np.ndarray,
     lungs: np.ndarray,
     hull: np.ndarray,
     spacing: tuple[float, float, float] | None = None,
+    dim_wall_bone: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(CT in [0, 1], HU>130 mask) on one grid.
 
@@ -55,13 +72,20 @@ def input_channels(
     [−200, 600] and scaled by (HU + 200) / 800. The calcium mask is thresholded on the raw HU and
     then cleared wherever the CT channel was set to −200, so ribs, spine and calcified lung
     nodules outside the region of interest do not leak into it. With ``spacing``, components
-    smaller than 1 mm² in-plane (noise, by the Agatston rules) are dropped as well.
+    smaller than 1 mm² in-plane (noise, by the Agatston rules) are dropped as well. With
+    ``dim_wall_bone``, the parts of bone that cross the region's edge (:func:`wall_bone`) leave
+    the calcium mask and are capped at 130 HU in the CT channel: their shape stays, their
+    calcium-like brightness goes.
     """
     hidden = lungs | ~hull
     calcium = (hu > CALCIUM_HU) & ~hidden
     if spacing is not None:
         calcium = drop_small_components(calcium, spacing)
     ct = np.clip(hu, HU_LOW, HU_HIGH, dtype=np.float32)
+    if dim_wall_bone:
+        bone = wall_bone(calcium, hull)
+        calcium &= ~bone
+        np.minimum(ct, np.float32(CALCIUM_HU), out=ct, where=bone)
     ct[hidden] = HU_LOW
     ct -= HU_LOW
     ct *= np.float32(1.0 / (HU_HIGH - HU_LOW))
@@ -86,7 +110,8 @@ def preprocess_volume(
        none, as in the paper) within the scan. A contrast-enhanced scan is refused here
        (:func:`aidnet.preprocess.contrast.check_unenhanced`).
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
-       components under 1 mm² (noise, by the Agatston rules).
+       components under 1 mm² (noise, by the Agatston rules); with ``dim_wall_bone``, bone that
+       crosses the region's edge is left out of it and dimmed in channel 0.
     4. Resample to ``size`` (Z, Y, X): channel 0 averages each network voxel's footprint,
        channel 1 takes its maximum (small plaques survive downsampling); axes that grow are
        interpolated linearly. Both channels are float32 in [0, 1].
@@ -162,5 +187,7 @@ def _region_of_interest(
     working_mm = tuple(float(s) * f for s, f in zip(volume.spacing, factors, strict=True))
     check_unenhanced(block_mean(array[crop], factors), block_any(crop_lungs, factors), working_mm)  # type: ignore[arg-type]
     hull = region_hull(crop_lungs, volume.spacing, config.hull_margin_mm)
-    ct, calcium = input_channels(array[crop].astype(np.float32), crop_lungs, hull, volume.spacing)
+    ct, calcium = input_channels(
+        array[crop].astype(np.float32), crop_lungs, hull, volume.spacing, config.dim_wall_bone
+    )
     return box, ct, calcium

@@ -95,7 +95,7 @@ def prepare_data(
         )
         write_splits(split_file, assignment)
     cached = preprocess_cohort(
-        records, cache_dir or out / "cache", config.input_size, workers=workers, progress=progress
+        records, cache_dir or out / "cache", config.preprocess(), workers=workers, progress=progress
     )
     done, failures = cached.done, cached.failures
     items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
@@ -131,6 +131,7 @@ def model_spec(config: Config) -> dict:
         "head": config.head if config.model in HEADED else None,
         "input_size": list(config.input_size),
         "strategy": config.strategy,
+        "dim_wall_bone": config.dim_wall_bone,
     }
 
 
