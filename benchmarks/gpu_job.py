@@ -240,6 +240,7 @@ def run_job(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--subjects and --workers must be at least 1")
     from aidnet.config import PRESETS, load_config
     from aidnet.data.cache import preprocess_cohort
+    from aidnet.preprocess.config import for_training
     from aidnet.training.loop import labelled_records, train
 
     # None leaves the preset's value
@@ -271,7 +272,7 @@ def run_job(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     cache = args.out / "cache"
     done = preprocess_cohort(
-        labelled_records(manifest), cache, config.preprocess(), workers=args.workers
+        labelled_records(manifest), cache, for_training(config), workers=args.workers
     )
     report.phase(
         "preprocess",

@@ -85,12 +85,13 @@ def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
     from pathlib import Path
 
     from aidnet.inference import Trained
+    from aidnet.preprocess.config import for_training
     from aidnet.training.loop import model_spec
 
     config = load_config("tiny", dim_wall_bone=True)
-    assert config.preprocess().dim_wall_bone and config.preprocess().size == config.input_size
+    assert for_training(config).dim_wall_bone and for_training(config).size == config.input_size
     spec = model_spec(config)
-    assert Trained(None, spec, Path("x.pt"), None).preprocess == config.preprocess()  # type: ignore[arg-type]
+    assert Trained(None, spec, Path("x.pt"), None).preprocess == for_training(config)  # type: ignore[arg-type]
     del spec["dim_wall_bone"]
     old = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
-    assert not old.dim_wall_bone and old.key() == load_config("tiny").preprocess().key()
+    assert not old.dim_wall_bone and old.key() == for_training(load_config("tiny")).key()

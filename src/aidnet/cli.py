@@ -167,8 +167,9 @@ def preprocess(
     from aidnet.config import load_config
     from aidnet.data.cache import preprocess_cohort
     from aidnet.data.manifest import read_manifest
+    from aidnet.preprocess.config import for_training
 
-    config = load_config(preset).preprocess()
+    config = for_training(load_config(preset))
     records = read_manifest(manifest, check_files=False)  # a missing scan fails alone
     result = preprocess_cohort(records, out, config, workers=workers, qc=qc)
     failures = result.failures

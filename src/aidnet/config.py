@@ -18,15 +18,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from aidnet.errors import AidnetError
 from aidnet.presets import DEFAULT_PRESET, PRESETS
-
-if TYPE_CHECKING:
-    from aidnet.preprocess.config import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -94,12 +91,6 @@ class Config:
     @property
     def num_classes(self) -> int:
         return 2 if self.strategy == 1 else 3
-
-    def preprocess(self) -> PreprocessConfig:
-        """The scan → network-input settings this configuration trains on."""
-        from aidnet.preprocess.config import PreprocessConfig
-
-        return PreprocessConfig(size=self.input_size, dim_wall_bone=self.dim_wall_bone)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

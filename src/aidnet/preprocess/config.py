@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 # Bump when the algorithm changes in a way the settings below do not capture.
 ALGORITHM_VERSION = "5"  # 3: contrast-enhanced scans are refused; 4: by their blood pool too;
@@ -57,6 +58,12 @@ def as_config(config: PreprocessConfig | tuple[int, int, int]) -> PreprocessConf
         return PreprocessConfig(size=tuple(config))  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise AidnetError(str(exc)) from None
+
+
+def for_training(config: Any) -> PreprocessConfig:
+    """The scan → network-input settings a training configuration (:class:`aidnet.config.Config`)
+    trains on."""
+    return PreprocessConfig(size=config.input_size, dim_wall_bone=config.dim_wall_bone)
 
 
 def config_from_dict(data: dict, size: tuple[int, int, int]) -> PreprocessConfig:

@@ -25,6 +25,7 @@ from aidnet.data.splits import read_given_splits, read_splits, split_subjects, w
 from aidnet.errors import AidnetError
 from aidnet.models.base import CACNet
 from aidnet.models.registry import HEADED
+from aidnet.preprocess.config import for_training
 from aidnet.training.average import WeightAverage
 from aidnet.training.batches import BatchList
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
@@ -95,7 +96,11 @@ def prepare_data(
         )
         write_splits(split_file, assignment)
     cached = preprocess_cohort(
-        records, cache_dir or out / "cache", config.preprocess(), workers=workers, progress=progress
+        records,
+        cache_dir or out / "cache",
+        for_training(config),
+        workers=workers,
+        progress=progress,
     )
     done, failures = cached.done, cached.failures
     items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
