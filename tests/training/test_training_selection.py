@@ -21,7 +21,11 @@ def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
 
     config = load_config("tiny", **TINY)
     data = prepare_data(config, cohort, tmp_path, cache_dir=cache, progress=False)
-    spec = {k: v for k, v in model_spec(config).items() if k not in ("input_size", "strategy")}
+    spec = {
+        k: v
+        for k, v in model_spec(config).items()
+        if k not in ("input_size", "strategy", "dim_wall_bone")
+    }
     model = build_model(**spec)
     val = data.items["val"]
     assert any((i.record.label or 0) > 0 for i in val)
