@@ -95,3 +95,10 @@ def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
     del spec["dim_wall_bone"]
     old = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
     assert not old.dim_wall_bone and old.key() == for_training(load_config("tiny")).key()
+
+
+def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\ndim_wall_bone: maybe\n")
+    with pytest.raises(AidnetError, match="dim_wall_bone must be true or false, not 'maybe'"):
+        load_config(str(bad))

@@ -100,6 +100,10 @@ class Config:
         return out
 
     def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise AidnetError(f"{f.name} must be true or false, not {value!r}")
         if self.strategy not in (1, 2):
             raise AidnetError(f"strategy must be 1 or 2, not {self.strategy}")
         if len(self.input_size) != 3 or min(self.input_size) < 8:

@@ -51,8 +51,7 @@ def wall_bone(calcium: np.ndarray, hull: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     outside = np.pad(~np.asarray(hull, dtype=bool), ((0, 0), (1, 1), (1, 1)), constant_values=True)
-    cross = np.zeros((1, 3, 3), dtype=bool)
-    cross[0, 1, :] = cross[0, :, 1] = True
+    cross = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbours
     edge = ndimage.binary_dilation(outside, structure=cross)[:, 1:-1, 1:-1]
     labels, _ = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
     touching = np.unique(labels[edge & calcium])
