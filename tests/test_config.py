@@ -102,3 +102,12 @@ def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path):
     bad.write_text("preset: tiny\ndim_wall_bone: maybe\n")
     with pytest.raises(AidnetError, match="dim_wall_bone must be true or false, not 'maybe'"):
         load_config(str(bad))
+
+
+def test_the_gated_head_needs_aidnets_attention_gate():
+    config = load_config("tiny", head="gated")
+    assert config.head == "gated"
+    with pytest.raises(AidnetError, match="head gated needs AID-Net's attention gate; idnet"):
+        dataclasses.replace(config, model="idnet").validate()
+    with pytest.raises(AidnetError, match="head must be stage, calcium or gated, not pixel"):
+        dataclasses.replace(config, head="pixel").validate()

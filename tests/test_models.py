@@ -123,8 +123,40 @@ def test_aidnet_head_sizes_and_attention_flag():
     assert idn.evidence is not None and idn.evidence.other is None
     assert sum(p.numel() for p in aid.parameters()) == 908_308
     assert sum(p.numel() for p in idn.parameters()) == 883_347
-    with pytest.raises(ValueError, match="calcium, stage|stage, calcium"):
+    with pytest.raises(ValueError, match="stage, calcium, gated"):
         AIDNet(head="pixel")
+
+
+def test_gated_head_weights_the_calcium_map_by_the_attention_and_has_no_sag_logits():
+    torch.manual_seed(0)
+    model = AIDNet(features=(4, 8, 16), head="gated").eval()
+    assert model.map_on_calcium and model.gate is not None and model.gate.out is None
+    assert model.evidence is not None and model.evidence.other is None
+    x = _calcium_input(3)
+    maps = model.forward_features(x)
+    assert maps.local is None and maps.attention is not None
+    assert maps.map.shape == (2, 8, *TINY)
+    assert torch.all(maps.map[x[:, 1:].expand_as(maps.map) == 0] == 0)
+    # the map is the calcium head's map times the attention resampled onto the input grid
+    assert model.calcium_map is not None
+    raw = model.calcium_map(model.encoder(x), x[:, 1:])
+    where = torch.nn.functional.interpolate(
+        maps.attention, size=TINY, mode="trilinear", align_corners=False
+    )
+    assert torch.allclose(maps.map, raw * where)
+    # closing the gate closes the evidence: the CAC logits fall to the reference's
+    assert model.gate.psi.bias is not None
+    with torch.no_grad():
+        model.gate.psi.bias.fill_(-1e4)
+    shut = model.forward_features(x)
+    assert float(shut.map.abs().max()) == 0.0
+    # and every parameter learns (no unused ones: DistributedDataParallel needs that)
+    model.train()
+    out, _ = model(x, x)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="attention gate"):
+        AIDNet(attention=False, head="gated")
 
 
 def _calcium_input(seed: int, batch: int = 2) -> torch.Tensor:
@@ -163,7 +195,8 @@ def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
 
     torch.manual_seed(0)
     x = _calcium_input(2, batch=4)
-    for head in ("calcium", "stage"):
+    heads = ("calcium", "gated", "stage") if name == "aidnet" else ("calcium", "stage")
+    for head in heads:
         model = build_model(name, num_classes=num_classes, features=(4, 8, 16), head=head)
         model.train()
         with torch.no_grad():  # random weights of both signs, BatchNorm statistics of real data
@@ -173,7 +206,7 @@ def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
         model.eval()
         out = model.forward_single(x)
         (grad,) = torch.autograd.grad(cac_score(out.logits).sum(), out.features)
-        if head == "calcium":
+        if head != "stage":
             assert float(grad.min()) >= 0.0 and float(grad.max()) > 0.0
             # and the gradient is the same at every voxel of a channel (GAP), as Grad-CAM's
             # weights assume

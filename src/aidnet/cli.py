@@ -193,7 +193,9 @@ def train(
     strategy: int | None = option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
     lambda_: float | None = option(None, "--lambda", help="Contrastive loss weight."),
     head: str | None = option(
-        None, "--head", help="AID-Net/ID-Net map before pooling: calcium (default) or stage."
+        None,
+        "--head",
+        help="AID-Net/ID-Net map before pooling: calcium (default), gated (AID-Net) or stage.",
     ),
     negative_evidence: float | None = option(
         None,

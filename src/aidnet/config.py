@@ -39,7 +39,7 @@ class Config:
     input_size: tuple[int, int, int] = (32, 48, 64)  # (Z, Y, X) network grid
     features: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.0
-    head: str = "calcium"  # AID-Net/ID-Net map before GAP: "calcium" or "stage" (see models)
+    head: str = "calcium"  # AID-Net/ID-Net map before GAP: calcium, gated or stage (see models)
     strategy: int = 2  # 1: two classes (CAC yes/no); 2: three classes (0, 1–399, >=400)
     lambda_: float = 0.001  # weight of the contrastive loss
     margin: float = 1.0
@@ -124,8 +124,10 @@ class Config:
             raise AidnetError(
                 f"evidence_norm must be batch, running or fixed, not {self.evidence_norm}"
             )
-        if self.head not in ("stage", "calcium"):
-            raise AidnetError(f"head must be stage or calcium, not {self.head}")
+        if self.head not in ("stage", "calcium", "gated"):
+            raise AidnetError(f"head must be stage, calcium or gated, not {self.head}")
+        if self.head == "gated" and self.model != "aidnet":
+            raise AidnetError(f"head gated needs AID-Net's attention gate; {self.model} has none")
         if self.lr_schedule not in ("constant", "cosine"):
             raise AidnetError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if self.checkpoint_minutes <= 0 or self.checkpoint_steps < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aidnet.models.base import CACNet, FeatureMaps, SingleOutput
@@ -10,7 +11,7 @@ from aidnet.models.blocks import SoftAttentionGate3d
 from aidnet.models.encoder import Encoder3d
 from aidnet.models.heads import CalciumMap3d, RisingClassifier
 
-HEADS = ("stage", "calcium")
+HEADS = ("stage", "calcium", "gated")
 CALCIUM_CHANNEL = 1  # the input's HU > 130 channel
 
 
@@ -35,6 +36,11 @@ class AIDNet(CACNet):
       zero off the calcium candidates, and a
       :class:`~aidnet.models.heads.RisingClassifier`: the CAC classes' logits only rise with
       the evidence on that map, so Grad-CAM shows which calcium the decision rests on.
+    - ``"gated"``: the calcium head's map times the SAG's attention (resampled onto the input
+      grid), and the same rising classifier without the SAG's features: the attention decides
+      where calcium may count, and the CAC log-odds depend on calcium evidence alone — no
+      path from the scan's overall look (texture, noise, field of view) to the decision.
+      Needs the attention gate (not ID-Net).
     - ``"stage"``: the last stage map itself and an ordinary Linear layer; its grid is 8 times
       coarser than the input, so Grad-CAM marks a region of several centimetres.
 
@@ -59,6 +65,8 @@ class AIDNet(CACNet):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+        if head == "gated" and not attention:
+            raise ValueError("the gated head needs the attention gate (AID-Net, not ID-Net)")
         features = tuple(int(f) for f in features)
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -68,11 +76,15 @@ class AIDNet(CACNet):
         self.gate: SoftAttentionGate3d | None = None
         other = 0
         if attention:
-            self.gate = SoftAttentionGate3d(features[-2], features[-1], inter_channels)
-            other = features[-2]
+            # gated head: only the attention map is used, not the gated features
+            gated_features = head != "gated"
+            self.gate = SoftAttentionGate3d(
+                features[-2], features[-1], inter_channels, features_out=gated_features
+            )
+            other = features[-2] if gated_features else 0
         self.calcium_map: CalciumMap3d | None = None
         self.evidence: RisingClassifier | None = None
-        if head == "calcium":
+        if head in ("calcium", "gated"):
             self.calcium_map = CalciumMap3d(features, map_channels)
             self.evidence = RisingClassifier(
                 map_channels, num_classes, other, dropout, norm_mode=evidence_norm
@@ -95,13 +107,21 @@ class AIDNet(CACNet):
         local = None
         if self.gate is not None:
             gated, attention_map = self.gate(maps[-2], maps[-1])
-            # attention pooling: the gated local features averaged with the attention as weights
-            weights = attention_map / (attention_map.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
-            local = (gated * weights).sum(dim=(2, 3, 4))
+            if gated is not None:
+                # attention pooling: the gated local features averaged with the attention as
+                # weights
+                weights = attention_map / (attention_map.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
+                local = (gated * weights).sum(dim=(2, 3, 4))
         if self.calcium_map is not None:
             # in [0, 1] by the input contract; clamped so the map stays non-negative whatever
             calcium = x[:, CALCIUM_CHANNEL : CALCIUM_CHANNEL + 1].clamp(0.0, 1.0)
             before_gap = self.calcium_map(maps, calcium)
+            if self.head == "gated":
+                assert attention_map is not None
+                where = F.interpolate(
+                    attention_map, size=before_gap.shape[2:], mode="trilinear", align_corners=False
+                )
+                before_gap = before_gap * where
         else:
             before_gap = maps[-1]
         return FeatureMaps(before_gap, attention_map, local)

@@ -45,20 +45,32 @@ class SoftAttentionGate3d(nn.Module):
     1×1×1 conv + normalisation (``W`` in the original). The intermediate width is 32 as in §2.3.
 
     ``forward(x, g)`` returns ``(gated, attention)``: gated is ``B×in_channels×Z×Y×X`` and
-    attention ``B×1×Z×Y×X`` with values in [0, 1], both on ``x``'s grid.
+    attention ``B×1×Z×Y×X`` with values in [0, 1], both on ``x``'s grid. With
+    ``features_out=False`` the gate has no ``W`` and ``gated`` is None: only its attention map
+    is used (AID-Net's gated head).
     """
 
-    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        gating_channels: int,
+        inter_channels: int = 32,
+        features_out: bool = True,
+    ) -> None:
         super().__init__()
         self.theta = nn.Conv3d(in_channels, inter_channels, kernel_size=2, stride=2, bias=False)
         self.phi = nn.Conv3d(gating_channels, inter_channels, kernel_size=1)
         self.psi = nn.Conv3d(inter_channels, 1, kernel_size=1)
-        self.out = nn.Sequential(  # no bias: the normalisation right after would cancel it
-            nn.Conv3d(in_channels, in_channels, kernel_size=1, bias=False),
-            norm3d(in_channels),
+        self.out = (
+            nn.Sequential(  # no bias: the normalisation right after would cancel it
+                nn.Conv3d(in_channels, in_channels, kernel_size=1, bias=False),
+                norm3d(in_channels),
+            )
+            if features_out
+            else None
         )
 
-    def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, g: Tensor) -> tuple[Tensor | None, Tensor]:
         theta_x = self.theta(x)
         phi_g = F.interpolate(
             self.phi(g), size=theta_x.shape[2:], mode="trilinear", align_corners=False
@@ -67,5 +79,6 @@ class SoftAttentionGate3d(nn.Module):
         attention = F.interpolate(
             attention, size=x.shape[2:], mode="trilinear", align_corners=False
         )
-        gated = self.out(x * attention)
-        return gated, attention
+        if self.out is None:
+            return None, attention
+        return self.out(x * attention), attention

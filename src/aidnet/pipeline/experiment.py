@@ -204,6 +204,8 @@ def run_row(
         model=row.model,
         strategy=row.strategy,
         lambda_=config.lambda_ if row.lambda_ is None else row.lambda_,
+        # ID-Net has no attention to gate with: AID-Net without the SAG is the calcium head
+        head="calcium" if config.head == "gated" and row.model == "idnet" else config.head,
     ).validate()
     resume = (run / "last.pt").exists()
     t0 = time.perf_counter()
