@@ -9,9 +9,10 @@ voxel of the calcifications issue 32 describes (a calcified right coronary arter
 on slices k 27–30, rows j 140–185, columns i 240–290; calcium in the left atrioventricular groove
 on k 30–32, j 190–265, i 300–350; voxels ≥ 130 HU inside those boxes). The boxes are used here
 only to *measure* a model; nothing in aidnet reads them. For a single AID-Net with the calcium
-head, the CAC log-odds are also split into their two parts (``logit_parts``): the calcium map's
-evidence, which only rises with calcium on the map, and the SAG's attention-pooled features
-through their dense layer, which may move it either way.
+or gated head, the CAC log-odds are also split into their two parts (``logit_parts``): the
+calcium map's evidence, which only rises with calcium on the map, and the rest — the SAG's
+attention-pooled features through their dense layer (calcium head), which may move it either
+way, or a constant bias (gated head).
 
 The scans come from ``make real-scans`` (``--scans``, default as there). Nothing is downloaded.
 """
@@ -56,9 +57,10 @@ def lung2_calcium_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def logit_parts(trained, path: Path) -> dict[str, float] | None:
-    """log P(CAC) / P(no CAC) of one AID-Net with the calcium head, split into the calcium
-    evidence's part and the SAG features' part (each a log-sum-exp over the CAC classes less
-    class 0, so the two do not add exactly); None for other models and ensembles."""
+    """log P(CAC) / P(no CAC) of one AID-Net with the calcium or gated head, split into the
+    calcium evidence's part and the rest's (the SAG features' dense layer, or the bias; each a
+    log-sum-exp over the CAC classes less class 0, so the two do not add exactly); None for
+    other models."""
     import torch
     import torch.nn.functional as F
 
@@ -66,7 +68,7 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
 
     net = trained.model
     head = getattr(net, "evidence", None)
-    if head is None or head.other is None:
+    if head is None:
         return None
     _, sample = prepare_scan(path, trained.preprocess)
     x = torch.from_numpy(sample.image[None]).to(trained.device)
@@ -75,15 +77,15 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
         pooled = maps.map.mean(dim=(2, 3, 4))
         evidence = head.norm(torch.log1p(pooled * maps.map[0, 0].numel()))
         from_map = F.pad(evidence @ F.softplus(head.weight).T, (1, 0))
-        from_sag = head.other(maps.local)
+        rest = head.bias.detach()[None] if head.other is None else head.other(maps.local)
 
     def cac_log_odds(logits) -> float:
         return float(torch.logsumexp(logits[0, 1:], 0) - logits[0, 0])
 
     return {
-        "total": round(cac_log_odds(from_map + from_sag), 3),
+        "total": round(cac_log_odds(from_map + rest), 3),
         "calcium_map": round(cac_log_odds(from_map), 3),
-        "sag": round(cac_log_odds(from_sag), 3),
+        "rest": round(cac_log_odds(rest), 3),
         "map_sum": round(float(pooled.sum() * maps.map[0, 0].numel()), 2),
     }
 
