@@ -62,7 +62,6 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
     log-sum-exp over the CAC classes less class 0, so the two do not add exactly); None for
     other models."""
     import torch
-    import torch.nn.functional as F
 
     from aidnet.pipeline.predict import prepare_scan
 
@@ -75,9 +74,7 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
     with torch.no_grad():
         maps = net.forward_features(x)
         pooled = maps.map.mean(dim=(2, 3, 4))
-        evidence = head.norm(torch.log1p(pooled * maps.map[0, 0].numel()))
-        from_map = F.pad(evidence @ F.softplus(head.weight).T, (1, 0))
-        rest = head.bias.detach()[None] if head.other is None else head.other(maps.local)
+        from_map, rest = head.parts(pooled, maps.map[0, 0].numel(), maps.local)
 
     def cac_log_odds(logits) -> float:
         return float(torch.logsumexp(logits[0, 1:], 0) - logits[0, 0])

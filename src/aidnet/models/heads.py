@@ -119,12 +119,20 @@ class RisingClassifier(nn.Module):
                 norm.running_var.lerp_(batch_var, rate)
         return (raw - mean) / torch.sqrt(var + norm.eps)
 
-    def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
+    def parts(
+        self, pooled: Tensor, voxels: int, other: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The logits' two terms: the calcium evidence's (B×classes, class 0 zero) and the
+        rest's (``other`` through its Linear layer, or the bias); :meth:`forward` adds them."""
         evidence = self.dropout(self._normalise(torch.log1p(pooled * voxels)))
-        logits = F.pad(evidence @ F.softplus(self.weight).T, (1, 0))
+        from_map = F.pad(evidence @ F.softplus(self.weight).T, (1, 0))
         if self.other is not None:
             if other is None:
                 raise ValueError("this classifier needs the other features")
-            return logits + self.other(self.dropout(other))
+            return from_map, self.other(self.dropout(other))
         assert self.bias is not None
-        return logits + self.bias
+        return from_map, self.bias[None]
+
+    def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
+        from_map, rest = self.parts(pooled, voxels, other)
+        return from_map + rest
