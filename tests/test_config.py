@@ -80,21 +80,25 @@ def test_a_saved_configuration_is_read_as_saved_without_a_preset_under_it(tmp_pa
 
 
 def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
-    """``dim_wall_bone`` of a configuration reaches its cache, its checkpoint's spec and the
-    model rebuilt from it; a checkpoint from before the setting preprocesses as before."""
+    """``dim_wall_bone`` and ``calcium_density`` of a configuration reach its cache, its
+    checkpoint's spec and the model rebuilt from it; a checkpoint from before the settings
+    preprocesses as before."""
     from pathlib import Path
 
     from aidnet.inference import Trained
     from aidnet.preprocess.config import for_training
     from aidnet.training.loop import model_spec
 
-    config = load_config("tiny", dim_wall_bone=True)
-    assert for_training(config).dim_wall_bone and for_training(config).size == config.input_size
+    config = load_config("tiny", dim_wall_bone=True, calcium_density=True)
+    settings = for_training(config)
+    assert settings.dim_wall_bone and settings.calcium_density
+    assert settings.size == config.input_size
     spec = model_spec(config)
-    assert Trained(None, spec, Path("x.pt"), None).preprocess == for_training(config)  # type: ignore[arg-type]
-    del spec["dim_wall_bone"]
+    assert Trained(None, spec, Path("x.pt"), None).preprocess == settings  # type: ignore[arg-type]
+    del spec["dim_wall_bone"], spec["calcium_density"]
     old = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
-    assert not old.dim_wall_bone and old.key() == for_training(load_config("tiny")).key()
+    assert not old.dim_wall_bone and not old.calcium_density
+    assert old.key() == for_training(load_config("tiny")).key()
 
 
 def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path):

@@ -237,3 +237,46 @@ def test_wall_bone_on_a_phantom_leaves_only_the_calcifications(seed, cls):
     kept, plain = channels[1], channels[0]
     assert np.array_equal(kept & marked, plain & marked)  # every calcification stays
     assert (kept & ~marked).sum() <= 0.01 * (plain & ~marked).sum()  # bone goes
+
+
+def test_calcium_density_weighs_each_candidate_by_how_dense_it_is():
+    """With ``calcium_density`` the calcium channel holds (HU − 130) / 270 capped at 1 on the
+    candidates and 0 elsewhere: a speck just over 130 HU weighs almost nothing, a plaque of
+    Agatston's top density band (≥ 400 HU) weighs 1 — as in the binary channel."""
+    from aidnet.preprocess.sample import calcium_density, input_channels
+
+    hu = np.full((4, 20, 20), 40.0, dtype=np.float32)
+    lungs = np.zeros(hu.shape, dtype=bool)
+    hull = np.ones(hu.shape, dtype=bool)
+    hu[1, 2:5, 2:5] = 700.0  # dense plaque (the CT channel caps it at 600 HU)
+    hu[1, 10:13, 10:13] = 265.0  # halfway between 130 and 400 HU
+    hu[2, 15:18, 15:18] = 140.0  # noise just over the threshold
+    ct, calcium = input_channels(hu, lungs, hull)
+    weight = calcium_density(ct, calcium)
+    assert weight.dtype == np.float32 and weight.shape == hu.shape
+    assert np.allclose(weight[1, 2:5, 2:5], 1.0)
+    assert np.allclose(weight[1, 10:13, 10:13], 0.5, atol=1e-4)
+    assert np.allclose(weight[2, 15:18, 15:18], 10.0 / 270.0, atol=1e-4)
+    assert (weight[~calcium] == 0).all() and (weight[calcium] > 0).all()
+
+
+def test_calcium_density_channel_keeps_the_binary_channels_support():
+    """On a synthetic chest the density channel is nonzero exactly where the binary channel
+    is, never larger than it, and its own cache key; the CT channel is untouched, and the
+    settings without the option keep the key older caches were written under."""
+    from aidnet.preprocess import PreprocessConfig
+
+    volume, _ = synthetic_chest((40, 160, 160), (5.0, 2.0, 2.0), gap_mm=30.0)
+    hu = np.asarray(volume.array).copy()
+    hu[20, 60:63, 75:78] = 500.0  # a dense plaque between the lungs
+    hu[24, 70:72, 84:86] = 150.0  # a faint one
+    volume = volume.with_array(hu)
+    plain_config = PreprocessConfig((16, 32, 32))
+    dense_config = PreprocessConfig((16, 32, 32), calcium_density=True)
+    plain = preprocess_volume(volume, plain_config).image
+    dense = preprocess_volume(volume, dense_config).image
+    assert np.array_equal(plain[0], dense[0])
+    assert np.array_equal(plain[1] > 0, dense[1] > 0) and (dense[1] <= plain[1]).all()
+    assert dense[1].max() == 1.0 and 0.0 < dense[1][dense[1] > 0].min() < 0.2
+    assert dense_config.key() != plain_config.key()
+    assert "calcium_density" not in plain_config.to_dict()

@@ -71,6 +71,9 @@ class Config:
     # preprocessing: bone that crosses the region of interest's edge (ribs, sternum, spine) out
     # of the calcium channel and dimmed to 130 HU in the CT channel (preprocess/sample.py)
     dim_wall_bone: bool = False
+    # preprocessing: the calcium channel holds each candidate's density, (HU − 130) / 270 capped
+    # at 1, instead of 1: noise specks just over 130 HU weigh almost nothing (preprocess/sample.py)
+    calcium_density: bool = False
     augment: bool = True
     max_shift: int = 2  # voxels of random translation on the network grid
     # with augment: scanner variation on the CT channel — a random HU offset and gain, noise and

@@ -42,8 +42,10 @@ class Trained:
     @property
     def preprocess(self) -> PreprocessConfig:
         """The scan → network-input settings the network was trained on."""
-        wall = bool(self.spec.get("dim_wall_bone", False))  # absent in older checkpoints: off
-        return PreprocessConfig(size=self.input_size, dim_wall_bone=wall)
+        # both absent in older checkpoints: off
+        wall = bool(self.spec.get("dim_wall_bone", False))
+        density = bool(self.spec.get("calcium_density", False))
+        return PreprocessConfig(size=self.input_size, dim_wall_bone=wall, calcium_density=density)
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ def load_ensemble(
         if other.preprocess != first.preprocess:
             raise AidnetError(
                 f"{other.path}: cannot be averaged with {first.path}: trained on inputs "
-                "preprocessed differently (dim_wall_bone)"
+                "preprocessed differently (dim_wall_bone, calcium_density)"
             )
     return members
 

@@ -26,6 +26,6 @@ def resample_mean(array: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
 
 
 def resample_max(mask: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """Max over each network voxel's footprint, so a one-voxel calcification never vanishes;
-    linear where it upsamples. Float32 in [0, 1]."""
+    """Max over each network voxel's footprint (a mask or weights in [0, 1]), so a one-voxel
+    calcification never vanishes; linear where it upsamples. Float32 in [0, 1]."""
     return _resample(mask, size, F.adaptive_max_pool3d)

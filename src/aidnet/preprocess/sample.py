@@ -18,6 +18,7 @@ from aidnet.preprocess.geometry import CropGeometry
 from aidnet.preprocess.resample import resample_max, resample_mean
 
 HU_LOW, HU_HIGH, CALCIUM_HU = -200.0, 600.0, 130.0
+DENSE_HU = 400.0  # where Agatston's top density band begins: full weight in the density channel
 
 
 @dataclass
@@ -91,6 +92,18 @@ def input_channels(
     return ct, calcium
 
 
+def calcium_density(ct: np.ndarray, calcium: np.ndarray) -> np.ndarray:
+    """The calcium channel with each candidate's density (float32 in [0, 1]): (HU − 130) /
+    (400 − 130) capped at 1 on the voxels of ``calcium``, 0 elsewhere; ``ct`` is the CT channel
+    of :func:`input_channels`. A noise speck just over the threshold weighs almost nothing, a
+    plaque that reaches Agatston's top density band (≥ 400 HU) weighs 1."""
+    hu = ct * np.float32(HU_HIGH - HU_LOW) + np.float32(HU_LOW)
+    weight = (hu - np.float32(CALCIUM_HU)) * np.float32(1.0 / (DENSE_HU - CALCIUM_HU))
+    np.clip(weight, 0.0, 1.0, out=weight)
+    weight[~calcium] = 0.0
+    return weight
+
+
 def preprocess_volume(
     volume: Volume,
     config: PreprocessConfig | tuple[int, int, int],
@@ -110,14 +123,17 @@ def preprocess_volume(
        (:func:`aidnet.preprocess.contrast.check_unenhanced`).
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
        components under 1 mm² (noise, by the Agatston rules); with ``dim_wall_bone``, bone that
-       crosses the region's edge is left out of it and dimmed in channel 0.
+       crosses the region's edge is left out of it and dimmed in channel 0; with
+       ``calcium_density``, each candidate holds its density instead of 1
+       (:func:`calcium_density`).
     4. Resample to ``size`` (Z, Y, X): channel 0 averages each network voxel's footprint,
        channel 1 takes its maximum (small plaques survive downsampling); axes that grow are
        interpolated linearly. Both channels are float32 in [0, 1].
     """
     config = as_config(config)
     box, ct, calcium = _region_of_interest(volume, config, lungs)
-    image = np.stack([resample_mean(ct, config.size), resample_max(calcium, config.size)])
+    candidates = calcium_density(ct, calcium) if config.calcium_density else calcium
+    image = np.stack([resample_mean(ct, config.size), resample_max(candidates, config.size)])
     np.clip(image, 0.0, 1.0, out=image)
     geometry = CropGeometry(
         original_shape=volume.shape,

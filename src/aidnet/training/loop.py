@@ -137,6 +137,7 @@ def model_spec(config: Config) -> dict:
         "input_size": list(config.input_size),
         "strategy": config.strategy,
         "dim_wall_bone": config.dim_wall_bone,
+        "calcium_density": config.calcium_density,
     }
 
 
