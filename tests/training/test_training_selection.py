@@ -17,16 +17,11 @@ from aidnet.training.loop import train
 
 def test_validation_sees_a_dead_calcium_map(cohort, cache, tmp_path):
     from aidnet.models import build_model
-    from aidnet.training.loop import model_spec, prepare_data, validation_scores
+    from aidnet.training.loop import model_for, prepare_data, validation_scores
 
     config = load_config("tiny", **TINY)
     data = prepare_data(config, cohort, tmp_path, cache_dir=cache, progress=False)
-    spec = {
-        k: v
-        for k, v in model_spec(config).items()
-        if k not in ("input_size", "strategy", "dim_wall_bone")
-    }
-    model = build_model(**spec)
+    model = model_for(config)
     val = data.items["val"]
     assert any((i.record.label or 0) > 0 for i in val)
     auc, acc, live = validation_scores(model, val, config, torch.device("cpu"))
