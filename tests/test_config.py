@@ -80,24 +80,34 @@ def test_a_saved_configuration_is_read_as_saved_without_a_preset_under_it(tmp_pa
 
 
 def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
-    """``dim_wall_bone`` and ``calcium_density`` of a configuration reach its cache, its
-    checkpoint's spec and the model rebuilt from it; a checkpoint from before the settings
-    preprocesses as before."""
+    """Each later preprocessing option (``dim_wall_bone``, ``dim_outer_bone``,
+    ``calcium_density``) of a configuration reaches its cache, its checkpoint's spec and the
+    model rebuilt from it, on its own; a checkpoint from before the settings preprocesses as
+    before."""
     from pathlib import Path
 
     from aidnet.inference import Trained
-    from aidnet.preprocess.config import for_training
+    from aidnet.preprocess.config import LATER_OPTIONS, for_training
     from aidnet.training.loop import model_spec
 
-    config = load_config("tiny", dim_wall_bone=True, calcium_density=True)
-    settings = for_training(config)
-    assert settings.dim_wall_bone and settings.calcium_density
-    assert settings.size == config.input_size
-    spec = model_spec(config)
-    assert Trained(None, spec, Path("x.pt"), None).preprocess == settings  # type: ignore[arg-type]
-    del spec["dim_wall_bone"], spec["calcium_density"]
+    assert set(LATER_OPTIONS) == {"dim_wall_bone", "dim_outer_bone", "calcium_density"}
+    keys = {for_training(load_config("tiny")).key()}
+    for name in LATER_OPTIONS:
+        config = load_config("tiny", **{name: True})
+        settings = for_training(config)
+        assert [getattr(settings, n) for n in LATER_OPTIONS] == [n == name for n in LATER_OPTIONS]
+        assert settings.size == config.input_size
+        keys.add(settings.key())
+        spec = model_spec(config)
+        assert spec[name] is True
+        rebuilt = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
+        assert rebuilt == settings
+    assert len(keys) == len(LATER_OPTIONS) + 1  # each option its own cache entries
+    spec = model_spec(load_config("tiny"))
+    for name in LATER_OPTIONS:
+        del spec[name]
     old = Trained(None, spec, Path("x.pt"), None).preprocess  # type: ignore[arg-type]
-    assert not old.dim_wall_bone and not old.calcium_density
+    assert not any(getattr(old, n) for n in LATER_OPTIONS)
     assert old.key() == for_training(load_config("tiny")).key()
 
 

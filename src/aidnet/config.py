@@ -71,6 +71,9 @@ class Config:
     # preprocessing: bone that crosses the region of interest's edge (ribs, sternum, spine) out
     # of the calcium channel and dimmed to 130 HU in the CT channel (preprocess/sample.py)
     dim_wall_bone: bool = False
+    # preprocessing: bone on the lungs' outer side (the lung lies between it and the mediastinum:
+    # ribs and cartilage inside the region's margin) treated the same way (preprocess/sample.py)
+    dim_outer_bone: bool = False
     # preprocessing: the calcium channel holds each candidate's density, (HU − 130) / 270 capped
     # at 1, instead of 1: noise specks just over 130 HU weigh almost nothing (preprocess/sample.py)
     calcium_density: bool = False

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from aidnet.data.datasets import Item, ScanDataset
 from aidnet.models.base import CACNet
-from aidnet.preprocess.config import PreprocessConfig
+from aidnet.preprocess.config import LATER_OPTIONS, PreprocessConfig
 
 #: scans per batch when predicting (validation, evaluation)
 PREDICT_BATCH = 4
@@ -42,10 +42,9 @@ class Trained:
     @property
     def preprocess(self) -> PreprocessConfig:
         """The scan → network-input settings the network was trained on."""
-        # both absent in older checkpoints: off
-        wall = bool(self.spec.get("dim_wall_bone", False))
-        density = bool(self.spec.get("calcium_density", False))
-        return PreprocessConfig(size=self.input_size, dim_wall_bone=wall, calcium_density=density)
+        # absent in older checkpoints: off
+        options = {name: bool(self.spec.get(name, False)) for name in LATER_OPTIONS}
+        return PreprocessConfig(size=self.input_size, **options)
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:

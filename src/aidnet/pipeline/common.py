@@ -12,6 +12,7 @@ from aidnet.data.manifest import ScanRecord, read_manifest
 from aidnet.data.splits import read_splits
 from aidnet.errors import AidnetError
 from aidnet.inference import Trained
+from aidnet.preprocess.config import LATER_OPTIONS
 from aidnet.training.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 
 
@@ -61,7 +62,7 @@ def load_ensemble(
         if other.preprocess != first.preprocess:
             raise AidnetError(
                 f"{other.path}: cannot be averaged with {first.path}: trained on inputs "
-                "preprocessed differently (dim_wall_bone, calcium_density)"
+                f"preprocessed differently ({', '.join(LATER_OPTIONS)})"
             )
     return members
 

@@ -12,8 +12,9 @@ from typing import Any
 ALGORITHM_VERSION = "5"  # 3: contrast-enhanced scans are refused; 4: by their blood pool too;
 # 5: the hull's margin in millimetres
 
-# options that were added later: off, they leave the settings' dict (and older caches' keys) alone
-_LATER_OPTIONS = ("dim_wall_bone", "calcium_density")
+# options that were added later: off, they leave the settings' dict (and older caches' keys) alone;
+# a training configuration and a checkpoint's model spec carry each under the same name
+LATER_OPTIONS = ("dim_wall_bone", "dim_outer_bone", "calcium_density")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class PreprocessConfig:
     margin_mm: float = 0.0
     # bone crossing the region's edge out of the calcium channel, dimmed in the CT (not §2.1)
     dim_wall_bone: bool = False
+    # bone on the lungs' outer side — the lung lies between it and the mediastinum — likewise
+    # (not §2.1)
+    dim_outer_bone: bool = False
     # the calcium channel holds each candidate voxel's density, (HU − 130) / (400 − 130) capped
     # at 1, instead of 1 (not §2.1)
     calcium_density: bool = False
@@ -44,7 +48,7 @@ class PreprocessConfig:
         out = dataclasses.asdict(self)
         out["size"] = list(self.size)
         out["algorithm"] = ALGORITHM_VERSION
-        for name in _LATER_OPTIONS:
+        for name in LATER_OPTIONS:
             if not out[name]:  # off: caches from before the option keep their key
                 del out[name]
         return out
@@ -70,11 +74,8 @@ def as_config(config: PreprocessConfig | tuple[int, int, int]) -> PreprocessConf
 def for_training(config: Any) -> PreprocessConfig:
     """The scan → network-input settings a training configuration (:class:`aidnet.config.Config`)
     trains on."""
-    return PreprocessConfig(
-        size=config.input_size,
-        dim_wall_bone=config.dim_wall_bone,
-        calcium_density=config.calcium_density,
-    )
+    options = {name: bool(getattr(config, name)) for name in LATER_OPTIONS}
+    return PreprocessConfig(size=config.input_size, **options)
 
 
 def config_from_dict(data: dict, size: tuple[int, int, int]) -> PreprocessConfig:

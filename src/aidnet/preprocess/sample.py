@@ -19,6 +19,9 @@ from aidnet.preprocess.resample import resample_max, resample_mean
 
 HU_LOW, HU_HIGH, CALCIUM_HU = -200.0, 600.0, 130.0
 DENSE_HU = 400.0  # where Agatston's top density band begins: full weight in the density channel
+# lung on the path to the mediastinum that makes bone "outer": more than a ragged lung edge or a
+# fissure, less than any lung a rib lies against
+OUTER_LUNG_MM = 10.0
 
 
 @dataclass
@@ -59,12 +62,55 @@ def wall_bone(calcium: np.ndarray, hull: np.ndarray) -> np.ndarray:
     return np.isin(labels, touching[touching > 0])
 
 
+def outer_bone(
+    calcium: np.ndarray,
+    lungs: np.ndarray,
+    hull: np.ndarray,
+    spacing: tuple[float, float, float],
+    min_lung_mm: float = OUTER_LUNG_MM,
+) -> np.ndarray:
+    """The components of ``calcium`` (26-connected, bool) that lie on the lungs' outer side:
+    for most of their voxels, the straight in-plane path to the centre of the slice's region
+    (``hull`` less ``lungs``: the mediastinum between the lungs) crosses at least
+    ``min_lung_mm`` of lung. Ribs and costal cartilage along the lungs' outer surface are such,
+    also where they stay inside the hull's margin; calcium on the heart, the aorta or in the
+    hilum has mediastinum, not lung, between it and the centre. ``spacing`` is (z, y, x) mm."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
+    outer = np.zeros(count + 1, dtype=bool)
+    if count == 0:
+        return np.zeros(calcium.shape, dtype=bool)
+    lungs = np.asarray(lungs, dtype=bool)
+    region = np.asarray(hull, dtype=bool) & ~lungs
+    sy, sx = float(spacing[1]), float(spacing[2])
+    votes = np.zeros(count + 1)
+    voxels = np.zeros(count + 1)
+    for z in np.flatnonzero(calcium.any(axis=(1, 2))):
+        points = np.argwhere(calcium[z])
+        np.add.at(voxels, labels[z][points[:, 0], points[:, 1]], 1)
+        centre = np.argwhere(region[z]).mean(axis=0) if region[z].any() else None
+        if centre is None:
+            continue
+        offset = centre[None, :] - points  # (n, 2) voxels towards the centre
+        length = np.hypot(offset[:, 0] * sy, offset[:, 1] * sx)  # mm
+        t = np.linspace(0.0, 1.0, int(np.ceil(length.max() / min(sy, sx))) + 2)
+        path_y = np.rint(points[:, :1] + offset[:, :1] * t).astype(np.intp)
+        path_x = np.rint(points[:, 1:] + offset[:, 1:] * t).astype(np.intp)
+        crossed = lungs[z][path_y, path_x].mean(axis=1) * length  # mm of lung on the path
+        hits = points[crossed >= min_lung_mm]
+        np.add.at(votes, labels[z][hits[:, 0], hits[:, 1]], 1)
+    outer[1:] = votes[1:] * 2 > voxels[1:]
+    return outer[labels]
+
+
 def input_channels(
     hu: np.ndarray,
     lungs: np.ndarray,
     hull: np.ndarray,
     spacing: tuple[float, float, float] | None = None,
     dim_wall_bone: bool = False,
+    dim_outer_bone: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(CT in [0, 1], HU>130 mask) on one grid.
 
@@ -75,15 +121,22 @@ def input_channels(
     smaller than 1 mm² in-plane (noise, by the Agatston rules) are dropped as well. With
     ``dim_wall_bone``, the parts of bone that cross the region's edge (:func:`wall_bone`) leave
     the calcium mask and are capped at 130 HU in the CT channel: their shape stays, their
-    calcium-like brightness goes.
+    calcium-like brightness goes. ``dim_outer_bone`` does the same to bone on the lungs' outer
+    side (:func:`outer_bone`, needs ``spacing``): rib segments that stay inside the hull's margin.
     """
     hidden = lungs | ~hull
     calcium = (hu > CALCIUM_HU) & ~hidden
     if spacing is not None:
         calcium = drop_small_components(calcium, spacing)
     ct = np.clip(hu, HU_LOW, HU_HIGH, dtype=np.float32)
+    bone = np.zeros(calcium.shape, dtype=bool)
     if dim_wall_bone:
-        bone = wall_bone(calcium, hull)
+        bone |= wall_bone(calcium, hull)
+    if dim_outer_bone:
+        if spacing is None:
+            raise ValueError("dim_outer_bone needs the voxel spacing")
+        bone |= outer_bone(calcium & ~bone, lungs, hull, spacing)
+    if dim_wall_bone or dim_outer_bone:
         calcium &= ~bone
         np.minimum(ct, np.float32(CALCIUM_HU), out=ct, where=bone)
     ct[hidden] = HU_LOW
@@ -123,7 +176,8 @@ def preprocess_volume(
        (:func:`aidnet.preprocess.contrast.check_unenhanced`).
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
        components under 1 mm² (noise, by the Agatston rules); with ``dim_wall_bone``, bone that
-       crosses the region's edge is left out of it and dimmed in channel 0; with
+       crosses the region's edge is left out of it and dimmed in channel 0 (with
+       ``dim_outer_bone``, also bone on the lungs' outer side); with
        ``calcium_density``, each candidate holds its density instead of 1
        (:func:`calcium_density`).
     4. Resample to ``size`` (Z, Y, X): channel 0 averages each network voxel's footprint,
@@ -203,6 +257,11 @@ def _region_of_interest(
     check_unenhanced(block_mean(array[crop], factors), block_any(crop_lungs, factors), working_mm)  # type: ignore[arg-type]
     hull = region_hull(crop_lungs, volume.spacing, config.hull_margin_mm)
     ct, calcium = input_channels(
-        array[crop].astype(np.float32), crop_lungs, hull, volume.spacing, config.dim_wall_bone
+        array[crop].astype(np.float32),
+        crop_lungs,
+        hull,
+        volume.spacing,
+        config.dim_wall_bone,
+        config.dim_outer_bone,
     )
     return box, ct, calcium

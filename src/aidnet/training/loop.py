@@ -25,7 +25,7 @@ from aidnet.data.splits import read_given_splits, read_splits, split_subjects, w
 from aidnet.errors import AidnetError
 from aidnet.models.base import CACNet
 from aidnet.models.registry import HEADED
-from aidnet.preprocess.config import for_training
+from aidnet.preprocess.config import LATER_OPTIONS, for_training
 from aidnet.training.average import WeightAverage
 from aidnet.training.batches import BatchList
 from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
@@ -136,8 +136,7 @@ def model_spec(config: Config) -> dict:
         "head": config.head if config.model in HEADED else None,
         "input_size": list(config.input_size),
         "strategy": config.strategy,
-        "dim_wall_bone": config.dim_wall_bone,
-        "calcium_density": config.calcium_density,
+        **{name: bool(getattr(config, name)) for name in LATER_OPTIONS},
     }
 
 
