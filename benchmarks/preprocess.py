@@ -101,7 +101,8 @@ def bench_preprocess(repeats: int) -> dict:
         volumes = [_volume(*scan) for scan in SCANS]
         scan_to_cache(volumes[0], Path(tmp))  # warm-up: imports, allocator
         for scan, volume in zip(SCANS, volumes, strict=True):
-            times, full_times = [], []
+            times: list[float] = []
+            full_times: list[float] = []
             for _ in range(repeats):
                 for config, out in ((None, times), (full, full_times)):
                     t0 = time.perf_counter()
