@@ -22,6 +22,7 @@ DENSE_HU = 400.0  # where Agatston's top density band begins: full weight in the
 # lung on the path to the mediastinum that makes bone "outer": more than a ragged lung edge or a
 # fissure, less than any lung a rib lies against
 OUTER_LUNG_MM = 10.0
+_PATH_CHUNK = 4096  # candidate voxels whose paths are traced at once
 
 
 @dataclass
@@ -95,9 +96,12 @@ def outer_bone(
         offset = centre[None, :] - points  # (n, 2) voxels towards the centre
         length = np.hypot(offset[:, 0] * sy, offset[:, 1] * sx)  # mm
         t = np.linspace(0.0, 1.0, int(np.ceil(length.max() / min(sy, sx))) + 2)
-        path_y = np.rint(points[:, :1] + offset[:, :1] * t).astype(np.intp)
-        path_x = np.rint(points[:, 1:] + offset[:, 1:] * t).astype(np.intp)
-        crossed = lungs[z][path_y, path_x].mean(axis=1) * length  # mm of lung on the path
+        crossed = np.empty(len(points))  # mm of lung on each path
+        for start in range(0, len(points), _PATH_CHUNK):  # bounded memory on dense slices
+            part = slice(start, start + _PATH_CHUNK)
+            path_y = np.rint(points[part, :1] + offset[part, :1] * t).astype(np.intp)
+            path_x = np.rint(points[part, 1:] + offset[part, 1:] * t).astype(np.intp)
+            crossed[part] = lungs[z][path_y, path_x].mean(axis=1) * length[part]
         hits = points[crossed >= min_lung_mm]
         np.add.at(votes, labels[z][hits[:, 0], hits[:, 1]], 1)
     outer[1:] = votes[1:] * 2 > voxels[1:]
