@@ -255,17 +255,17 @@ def test_outer_bone_is_bone_with_lung_between_it_and_the_mediastinum():
     rib = (slice(1, 3), slice(28, 32), slice(4, 6))  # outside the left lung, inside the hull
     plaque = (slice(1, 3), slice(28, 31), slice(38, 41))  # between the lungs
     node = (slice(1, 3), slice(20, 23), slice(30, 32))  # against the left lung's inner side
-    thin = (slice(1, 3), slice(6, 8), slice(38, 41))  # in front of the mediastinum
-    for where, value in ((rib, 800.0), (plaque, 400.0), (node, 300.0), (thin, 600.0)):
+    front = (slice(1, 3), slice(6, 8), slice(38, 41))  # in front of the mediastinum
+    for where, value in ((rib, 800.0), (plaque, 400.0), (node, 300.0), (front, 600.0)):
         hu[where] = value
     spacing = (2.0, 1.0, 1.0)
     bone = outer_bone(hu > CALCIUM_HU, lungs, hull, spacing)
     assert bone[rib].all()
-    assert not bone[plaque].any() and not bone[node].any() and not bone[thin].any()
+    assert not bone[plaque].any() and not bone[node].any() and not bone[front].any()
     ct, calcium = input_channels(hu, lungs, hull, spacing, dim_outer_bone=True)
     assert not calcium[rib].any() and calcium[plaque].all() and calcium[node].all()
     assert np.allclose(ct[rib], (CALCIUM_HU - HU_LOW) / 800.0)
-    assert calcium[thin].all()
+    assert calcium[front].all()
     _, calcium_off = input_channels(hu, lungs, hull, spacing)
     assert calcium_off[rib].all()
     # the lung on the path is measured in millimetres: at 0.4 mm pixels 22 voxels of lung are

@@ -48,17 +48,28 @@ def lung_box(
     return z0, z1, y0, y1, x0, x1
 
 
-def wall_bone(calcium: np.ndarray, hull: np.ndarray) -> np.ndarray:
+def components(calcium: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a bool mask: (labels, count), as ``scipy.ndimage.label``."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
+    return labels, int(count)
+
+
+def wall_bone(
+    calcium: np.ndarray, hull: np.ndarray, labelled: tuple[np.ndarray, int] | None = None
+) -> np.ndarray:
     """The components of ``calcium`` (26-connected, bool, on the grid of ``hull``) that reach,
     in-plane, a voxel outside ``hull`` or the grid's in-plane border: bone that crosses the
     chest wall (ribs, sternum, costal cartilage, the spine with its arches). Calcium on the
-    heart, the aorta or in lymph nodes lies inside the region and is not touched."""
+    heart, the aorta or in lymph nodes lies inside the region and is not touched.
+    ``labelled``: :func:`components` of ``calcium`` when already computed."""
     from scipy import ndimage
 
     outside = np.pad(~np.asarray(hull, dtype=bool), ((0, 0), (1, 1), (1, 1)), constant_values=True)
     cross = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbours
     edge = ndimage.binary_dilation(outside, structure=cross)[:, 1:-1, 1:-1]
-    labels, _ = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = labelled or components(calcium)
     touching = np.unique(labels[edge & calcium])
     return np.isin(labels, touching[touching > 0])
 
@@ -69,17 +80,17 @@ def outer_bone(
     hull: np.ndarray,
     spacing: tuple[float, float, float],
     min_lung_mm: float = OUTER_LUNG_MM,
+    labelled: tuple[np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """The components of ``calcium`` (26-connected, bool) that lie on the lungs' outer side:
     for most of their voxels, the straight in-plane path to the centre of the slice's region
     (``hull`` less ``lungs``: the mediastinum between the lungs) crosses at least
     ``min_lung_mm`` of lung. Ribs and costal cartilage along the lungs' outer surface are such,
     also where they stay inside the hull's margin; calcium on the heart, the aorta or in the
-    hilum has mediastinum, not lung, between it and the centre. ``spacing`` is (z, y, x) mm."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(calcium, structure=np.ones((3, 3, 3), dtype=bool))
-    outer = np.zeros(count + 1, dtype=bool)
+    hilum has mediastinum, not lung, between it and the centre. ``spacing`` is (z, y, x) mm;
+    ``labelled``: :func:`components` of ``calcium`` or of a mask it is made of whole
+    components of (component ids without a voxel in ``calcium`` are never outer)."""
+    labels, count = labelled or components(calcium)
     if count == 0:
         return np.zeros(calcium.shape, dtype=bool)
     lungs = np.asarray(lungs, dtype=bool)
@@ -104,8 +115,9 @@ def outer_bone(
             crossed[part] = lungs[z][path_y, path_x].mean(axis=1) * length[part]
         hits = points[crossed >= min_lung_mm]
         np.add.at(votes, labels[z][hits[:, 0], hits[:, 1]], 1)
-    outer[1:] = votes[1:] * 2 > voxels[1:]
-    return outer[labels]
+    outer = votes * 2 > voxels
+    outer[0] = False
+    return outer[labels] & calcium
 
 
 def input_channels(
@@ -133,14 +145,15 @@ def input_channels(
     if spacing is not None:
         calcium = drop_small_components(calcium, spacing)
     ct = np.clip(hu, HU_LOW, HU_HIGH, dtype=np.float32)
-    bone = np.zeros(calcium.shape, dtype=bool)
-    if dim_wall_bone:
-        bone |= wall_bone(calcium, hull)
-    if dim_outer_bone:
-        if spacing is None:
-            raise ValueError("dim_outer_bone needs the voxel spacing")
-        bone |= outer_bone(calcium & ~bone, lungs, hull, spacing)
     if dim_wall_bone or dim_outer_bone:
+        labelled = components(calcium)  # both rules remove whole components: label once
+        bone = np.zeros(calcium.shape, dtype=bool)
+        if dim_wall_bone:
+            bone |= wall_bone(calcium, hull, labelled)
+        if dim_outer_bone:
+            if spacing is None:
+                raise ValueError("dim_outer_bone needs the voxel spacing")
+            bone |= outer_bone(calcium & ~bone, lungs, hull, spacing, labelled=labelled)
         calcium &= ~bone
         np.minimum(ct, np.float32(CALCIUM_HU), out=ct, where=bone)
     ct[hidden] = HU_LOW
