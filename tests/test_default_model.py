@@ -32,15 +32,53 @@ def test_it_trains_evaluates_and_reports_without_touching_the_package(tmp_path):
             "cpu",
             "--recipe",
             str(recipe),
+            "--seeds",
+            "3,4",
+            "--scans",
+            str(tmp_path / "no-scans"),
         ]
     )
     assert code == 0
     figures = json.loads((tmp_path / "dm" / "default_model.json").read_text())
-    assert 0.0 <= figures["test_auc"] <= 1.0 and figures["test_scans"] > 0
     assert figures["subjects"] == 8 and figures["commit"]
-    assert (tmp_path / "dm" / "run" / "best.pt").exists()
+    assert set(figures["seeds"]) == {"3", "4"} and figures["chosen_seed"] in (3, 4)
+    for seed in ("3", "4"):
+        row = figures["seeds"][seed]
+        assert 0.0 <= row["test_auc"] <= 1.0 and row["test_scans"] > 0
+        assert row["real_scans"].startswith("not run:")
+        assert (tmp_path / "dm" / f"seed-{seed}" / "best.pt").exists()
+    # every seed is tested on the same held-out subjects
+    splits = [(tmp_path / "dm" / f"seed-{s}" / "splits.csv").read_text() for s in ("3", "4")]
+    assert splits[0] == splits[1]
+    assert figures["targets"]["lung2_p_cac"]["met"] is None  # not measured: no real scans
     after = shipped.stat().st_mtime_ns if shipped.exists() else None
     assert after == before  # only --ship copies into the package
+
+
+def test_the_seed_to_ship_is_chosen_on_validation_alone():
+    seeds = {
+        "0": {"val_auc": 0.90, "test_auc": 0.99},
+        "1": {"val_auc": 0.93, "test_auc": 0.80},
+        "2": {"val_auc": 0.93, "test_auc": 0.95},
+        "3": {"val_auc": float("nan"), "test_auc": 1.0},
+    }
+    assert default_model._choose(seeds) == "1"
+
+
+def test_targets_are_met_missed_or_not_measured():
+    row = {
+        "test_auc": 0.96,
+        "pointing_game": 0.80,
+        "real_scans": {"lung2": {"p_cac": 0.5, "peak_to_described_calcium_mm": 10.1}},
+    }
+    assert default_model._targets(row) == {
+        "test_auc": True,
+        "pointing_game": False,
+        "lung2_p_cac": True,
+        "lung2_peak_mm": False,
+    }
+    row["real_scans"] = "not run: no scans"
+    assert default_model._targets(row)["lung2_p_cac"] is None
 
 
 def test_a_bad_recipe_is_one_line(tmp_path, capsys):
