@@ -233,7 +233,9 @@ def test_seed_ensemble_on_one_split(run, cohort, tmp_path):
     both = evaluate_run([run, second], cohort, tmp_path / "both", split="test", n_boot=0)
     assert both["model"] == "aidnet ×2" and both["n"] == single[0]["n"]
     assert both["checkpoint"] == [str(run / "best.pt"), str(second / "best.pt")]
-    assert "localisation" not in both
+    # the ensemble's heat maps are its members' averaged, as predict's: localised on the same scans
+    assert both["localisation"]["gradcam"]["n"] == single[0]["localisation"]["gradcam"]["n"] > 0
+    assert (tmp_path / "both" / "localisation.csv").exists()
 
     def p_cac(folder):
         with (folder / "predictions.csv").open() as fh:

@@ -50,6 +50,23 @@ def original_maps(
     return maps
 
 
+def ensemble_maps(
+    members: list[Trained],
+    image: np.ndarray,
+    geometry: CropGeometry,
+    calcium: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`original_maps` of one network or of a seed ensemble: for several members, each
+    map all of them have, averaged and rescaled to a maximum of 1."""
+    from aidnet.explain.gradcam import normalise
+
+    maps = [original_maps(member, image, geometry, calcium) for member in members]
+    if len(maps) == 1:
+        return maps[0]
+    shared = [name for name in maps[0] if all(name in m for m in maps)]
+    return {name: normalise(np.mean([m[name] for m in maps], axis=0)) for name in shared}
+
+
 def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume) -> np.ndarray:
     """The calcium candidates of a cached scan, recomputed on its original grid."""
     from aidnet.preprocess import calcium_candidates

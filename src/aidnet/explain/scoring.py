@@ -78,10 +78,12 @@ def scored_rows(
     return localisation_rows(record, maps, labels, geometry, grid)
 
 
-def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
-    """Score one scan's maps against its label map; [] without coronary calcium labels."""
+def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> list[dict]:
+    """Score one scan's maps against its label map; [] without coronary calcium labels. For a
+    seed ensemble (a list) its averaged maps (:func:`aidnet.explain.maps.ensemble_maps`), with
+    the first member's Grad-CAM grid for the single-cell reference."""
     from aidnet.data.cache import load_cached
-    from aidnet.explain.maps import original_maps, scan_calcium
+    from aidnet.explain.maps import ensemble_maps, scan_calcium
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -89,9 +91,10 @@ def localise_item(trained: Trained, item: Item, base: Path) -> list[dict]:
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
+    members = trained if isinstance(trained, list) else [trained]
     calcium = scan_calcium(cached, geometry, read_volume(item.record.path))
-    maps = original_maps(trained, cached.image, geometry, calcium)
-    return scored_rows(trained, cached.image, item.record, maps, labels, geometry)
+    maps = ensemble_maps(members, cached.image, geometry, calcium)
+    return scored_rows(members[0], cached.image, item.record, maps, labels, geometry)
 
 
 def localisation_summary(rows: list[dict]) -> dict:

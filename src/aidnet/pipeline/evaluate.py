@@ -52,8 +52,8 @@ def evaluate_run(
     (:func:`aidnet.pipeline.common.default_cache_dir`).
 
     Several checkpoints (a list) are an ensemble: their class probabilities are averaged (see
-    :func:`aidnet.pipeline.common.load_ensemble`). Heat maps belong to one network, so an
-    ensemble is not localised; evaluate its members one by one for that.
+    :func:`aidnet.pipeline.common.load_ensemble`), and so are their heat maps, as ``aidnet
+    predict`` does (:func:`aidnet.explain.maps.ensemble_maps`).
     """
     from aidnet.pipeline.device import autocast_dtype, precision_name, resolve_device
 
@@ -81,17 +81,19 @@ def evaluate_run(
         if amp is not None and dev.type == "cpu":
             check_bf16(m.model, (PREDICT_BATCH, 2, *m.input_size), "--bf16", backward=False)
     trained = members[0]
-    localise = localise and len(members) == 1
     records = select_ensemble_records(manifest, members, split)
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out, workers=workers)
     # localisation first: a label map that does not fit its scan stops before any output
-    log = ScanLog(out / LOCALISATION_LOG, job_context("localise", trained.path), manifest.parent)
+    context = job_context("localise", trained.path)
+    if len(members) > 1:  # an ensemble's log is its own: every member's file counts
+        context["members"] = [job_context("localise", m.path) for m in members]
+    log = ScanLog(out / LOCALISATION_LOG, context, manifest.parent)
     loc_rows: list[dict] = []
     for item in tqdm(items if localise else [], desc="localise", unit="scan", disable=None):
         logged = log.get(item)
         if logged is None:
-            rows = localise_item(trained, item, manifest.parent)
+            rows = localise_item(members, item, manifest.parent)
             log.add(item, rows_to_json(rows))
         else:
             rows = rows_from_json(logged)

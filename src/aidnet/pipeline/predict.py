@@ -96,15 +96,14 @@ def explain_prepared(members: list[Trained], volume: Volume, sample: Sample) -> 
     """Classify one preprocessed scan, with its Grad-CAM (and SAG attention) map, each model on
     its own device; for an ensemble the class probabilities are averaged, and so is each heat
     map all members have, rescaled to a maximum of 1."""
-    from aidnet.explain.gradcam import normalise
-    from aidnet.explain.maps import original_maps
+    from aidnet.explain.maps import ensemble_maps
     from aidnet.inference import class_probs
     from aidnet.pipeline.device import autocast_dtype
     from aidnet.preprocess.sample import on_original_grid
 
     calcium = on_original_grid(sample.calcium, sample.geometry.crop_box, volume.shape)
     x = torch.from_numpy(sample.image)[None]
-    probs, maps = [], []
+    probs = []
     for member in members:
         dev = member.device
         amp = autocast_dtype(dev, member.amp, bf16=False)  # CPUs: float32
@@ -114,12 +113,8 @@ def explain_prepared(members: list[Trained], volume: Volume, sample: Sample) -> 
         ):
             logits = member.model.forward_single(x.to(dev)).logits
         probs.append(class_probs(logits)[0].cpu().numpy().astype(np.float64))
-        maps.append(original_maps(member, sample.image, sample.geometry, calcium))
-    if len(members) == 1:
-        return Explained(probs[0], maps[0], sample.geometry, volume)
-    shared = [name for name in maps[0] if all(name in m for m in maps)]
-    mean_maps = {name: normalise(np.mean([m[name] for m in maps], axis=0)) for name in shared}
-    return Explained(np.mean(probs, axis=0), mean_maps, sample.geometry, volume)
+    maps = ensemble_maps(members, sample.image, sample.geometry, calcium)
+    return Explained(np.mean(probs, axis=0), maps, sample.geometry, volume)
 
 
 def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
