@@ -61,11 +61,12 @@ def _seeds(text: str) -> list[int]:
 
 def _real_scans(folder: Path, checkpoint: Path) -> dict | str:
     """P(CAC) and the Grad-CAM peak on lung1 and lung2 (benchmarks/real_check.py), or why not."""
-    scans = {n: folder / f"{n}_image.nrrd" for n in ("lung1", "lung2")}
+    from benchmarks.real_check import check, real_scans
+
+    scans = real_scans(folder)
     if not all(p.exists() for p in scans.values()):
         return f"not run: {folder} does not hold lung1 and lung2 (make real-scans)"
     from aidnet.api import load_model
-    from benchmarks.real_check import check
 
     return check(load_model(checkpoint, device="cpu"), scans)
 

@@ -87,6 +87,11 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
     }
 
 
+def real_scans(folder: Path) -> dict[str, Path]:
+    """lung1 and lung2 in ``folder`` (as ``make real-scans`` leaves them), by name."""
+    return {n: folder / f"{n}_image.nrrd" for n in ("lung1", "lung2")}
+
+
 def check(model, scans: dict[str, Path]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name, path in scans.items():
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     folder = args.scans or default_dest()
-    scans = {n: folder / f"{n}_image.nrrd" for n in ("lung1", "lung2")}
+    scans = real_scans(folder)
     missing = [str(p) for p in scans.values() if not p.exists()]
     if missing:
         print(f"real_check: error: {missing[0]}: not found (run make real-scans)", file=sys.stderr)
