@@ -528,7 +528,7 @@ def record_runs(monkeypatch):
         return {"auc": 0.9, "auc_ci95": [0.8, 1.0], "accuracy": 0.8, "n": 4}
 
     def fake_explain_manifest(checkpoint, manifest, out, **kwargs):
-        seen.append([checkpoint])
+        seen.append(list(checkpoint) if isinstance(checkpoint, list) else [checkpoint])
         return []
 
     def fake_predict_scans(checkpoints, scans, out, **kwargs):
@@ -566,6 +566,16 @@ def test_checkpoint_run_folder_and_file_are_taken_as_given(record_runs, tmp_path
         assert result.exit_code == 0, result.output
         assert "note" not in result.stderr
     assert record_runs == [[run_dir], [run_dir / "last.pt"]]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "explain", "predict"])
+def test_repeated_checkpoint_is_an_ensemble(command, record_runs, tmp_path):
+    runs = [demo_folder(tmp_path / f"seed{s}") / "run" for s in (0, 1)]
+    args = checkpoint_args(command, runs[0], tmp_path)
+    args[3:3] = ["--checkpoint", runs[1]]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert record_runs == [runs]
 
 
 def test_checkpoint_folder_of_several_runs_is_one_line(record_runs, tmp_path):

@@ -252,6 +252,16 @@ def test_seed_ensemble_on_one_split(run, cohort, tmp_path):
     assert pair["p_cac"] == pytest.approx(sum(one) / 2, abs=2e-6)
     assert pair["model"] == "aidnet ×2" and len(pair["checkpoint_sha256"]) == 2
     assert (tmp_path / "p-both" / "scan_gradcam.nii.gz").exists()
+    # explain of the ensemble: the same averaged maps as predict's, on the scan's own grid
+    from aidnet.io.read import read_volume
+
+    key = read_manifest(cohort)[0].key
+    explained = explain_manifest([run, second], cohort, tmp_path / "x-both", keys=[key])
+    assert [w["key"] for w in explained] == [key]
+    for name in ("gradcam", "attention"):
+        ours = read_volume(tmp_path / "x-both" / f"{key}_{name}.nii.gz").array
+        predicted = read_volume(tmp_path / "p-both" / f"scan_{name}.nii.gz").array
+        assert ours.max() > 0 and np.allclose(ours, predicted, atol=1e-5)
 
     # a member trained on another split cannot be evaluated on "the" test split
     moved = tmp_path / "moved"

@@ -401,11 +401,11 @@ def predict(
 @app.command
 @friendly
 def explain(
-    checkpoint: Path | None = option(
+    checkpoint: list[Path] | None = option(
         None,
         "--checkpoint",
-        help="Run folder or checkpoint file. Default: the shipped model, trained on synthetic "
-        "scans only (docs/model-card.md).",
+        help="Run folder or checkpoint file; repeat it for an ensemble (maps averaged). Default: "
+        "the shipped model, trained on synthetic scans only (docs/model-card.md).",
     ),
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Folder for heat maps and PNG overlays."),
@@ -422,7 +422,7 @@ def explain(
     from aidnet.pipeline import explain_manifest
 
     written = explain_manifest(
-        find_run(checkpoint) if checkpoint else _default_model(),
+        [find_run(c) for c in checkpoint] if checkpoint else _default_model(),
         manifest,
         out,
         limit=limit,

@@ -71,7 +71,7 @@ def evaluate_run(
     from aidnet.explain.localisation import write_localisation_csv
     from aidnet.explain.scoring import localisation_summary, localise_item
     from aidnet.inference import PREDICT_BATCH, predict_items
-    from aidnet.pipeline.resume import ScanLog, job_context, rows_from_json, rows_to_json
+    from aidnet.pipeline.resume import ScanLog, ensemble_context, rows_from_json, rows_to_json
     from aidnet.training.precision import check_bf16
 
     members = load_ensemble(checkpoint, dev)
@@ -85,9 +85,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     items, failures = cached_items(records, trained, cache_dir, out, workers=workers)
     # localisation first: a label map that does not fit its scan stops before any output
-    context = job_context("localise", trained.path)
-    if len(members) > 1:  # an ensemble's log is its own: every member's file counts
-        context["members"] = [job_context("localise", m.path) for m in members]
+    context = ensemble_context("localise", [m.path for m in members])
     log = ScanLog(out / LOCALISATION_LOG, context, manifest.parent)
     loc_rows: list[dict] = []
     for item in tqdm(items if localise else [], desc="localise", unit="scan", disable=None):

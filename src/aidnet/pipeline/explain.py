@@ -11,41 +11,46 @@ from pathlib import Path
 
 from aidnet.data.cache import load_cached
 from aidnet.data.datasets import Item
-from aidnet.explain.maps import original_maps, scan_calcium, write_maps
+from aidnet.explain.maps import ensemble_maps, scan_calcium, write_maps
 from aidnet.explain.scoring import coronary_labels, scored_rows
 from aidnet.pipeline.common import (
     Trained,
     cached_items,
-    load_trained,
-    on_device,
+    load_ensemble,
     raise_if_failed,
-    select_records,
+    select_ensemble_records,
 )
 from aidnet.preprocess.geometry import CropGeometry
 
 
-def explain_item(trained: Trained, item: Item, out: Path, base: Path | None = None) -> dict:
+def explain_item(
+    trained: Trained | list[Trained], item: Item, out: Path, base: Path | None = None
+) -> dict:
     """Grad-CAM (and attention) of one scan → NIfTI on the input's own grid and affine + PNG
     overlays; with ``base`` (the manifest folder) and a label map, also its localisation rows
-    (under ``localisation``)."""
+    (under ``localisation``). For a seed ensemble (a list) its members' averaged maps
+    (:func:`aidnet.explain.maps.ensemble_maps`), scored on the first member's Grad-CAM grid, as
+    ``evaluate`` does."""
     from aidnet.io.read import read_volume
 
+    members = trained if isinstance(trained, list) else [trained]
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     volume = read_volume(item.record.path)
-    maps = original_maps(trained, cached.image, geometry, scan_calcium(cached, geometry, volume))
+    calcium = scan_calcium(cached, geometry, volume)
+    maps = ensemble_maps(members, cached.image, geometry, calcium)
     key = item.record.key
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
         written["localisation"] = scored_rows(
-            trained, cached.image, item.record, maps, labels, geometry
+            members[0], cached.image, item.record, maps, labels, geometry
         )
     return written
 
 
 def explain_manifest(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     manifest: Path,
     out: Path,
     *,
@@ -57,7 +62,9 @@ def explain_manifest(
     workers: int = 1,
 ) -> list[dict]:
     """Explain the manifest's scans (optionally only ``keys``, at most ``limit``); with label
-    maps in the manifest (``label_path``) also ``out/localisation.csv``.
+    maps in the manifest (``label_path``) also ``out/localisation.csv``. Several checkpoints
+    are a seed ensemble (:func:`aidnet.pipeline.common.load_ensemble`): each map is their
+    average.
 
     The network and its heat maps run on ``device`` (see :func:`aidnet.pipeline.evaluate_run`);
     scans not yet in the cache (without ``cache_dir``: the one the run's training filled) are
@@ -71,24 +78,25 @@ def explain_manifest(
 
     from aidnet.explain.localisation import write_localisation_csv
     from aidnet.pipeline.device import resolve_device
-    from aidnet.pipeline.resume import ScanLog, job_context
+    from aidnet.pipeline.resume import ScanLog, ensemble_context
 
     dev = resolve_device(device)  # a bad --device fails before the model loads
-    trained = on_device(load_trained(checkpoint), dev)
-    records = select_records(manifest, trained, split)
+    members = load_ensemble(checkpoint, dev)
+    records = select_ensemble_records(manifest, members, split)
     if keys is not None:
         wanted = set(keys)
         records = [r for r in records if r.key in wanted]
     if limit is not None:
         records = records[:limit]
     out.mkdir(parents=True, exist_ok=True)
-    items, failures = cached_items(records, trained, cache_dir, out, workers=workers)
-    log = ScanLog(out / EXPLAIN_LOG, job_context("explain", trained.path), manifest.parent)
+    items, failures = cached_items(records, members[0], cache_dir, out, workers=workers)
+    context = ensemble_context("explain", [m.path for m in members])
+    log = ScanLog(out / EXPLAIN_LOG, context, manifest.parent)
     written = []
     for item in tqdm(items, desc="explain", unit="scan", disable=None):
         entry = _from_log(log.get(item))
         if entry is None:
-            entry = explain_item(trained, item, out, base=manifest.parent)
+            entry = explain_item(members, item, out, base=manifest.parent)
             log.add(item, _to_log(entry))
         written.append(entry)
     rows = [row for w in written for row in w.get("localisation", [])]

@@ -49,6 +49,15 @@ def job_context(job: str, checkpoint: Path) -> dict:
     return {"job": job, "checkpoint": str(checkpoint), "sha256": digest, "aidnet": __version__}
 
 
+def ensemble_context(job: str, checkpoints: list[Path]) -> dict:
+    """:func:`job_context` of the first checkpoint; for a seed ensemble the log is its own:
+    every member's file counts (``members``)."""
+    context = job_context(job, checkpoints[0])
+    if len(checkpoints) > 1:
+        context["members"] = [job_context(job, c) for c in checkpoints]
+    return context
+
+
 class ScanLog:
     """Finished scans of one job (see the module docstring)."""
 
