@@ -41,6 +41,11 @@ the non-lung body):
    1 mm² dropped, 26-connected in 3-D — inside the ROI and outside it (ribs, spine, sternum,
    shoulders): count, size (mm³) and peak HU quartiles, and the median centroid in the box
    (0…1 along z, y, x). ``ca_roi.volume_ml``: their total volume.
+   ``channel.*``: the calcium channel as the ``full`` preset builds it
+   (:func:`aidnet.preprocess.calcium_candidates` with its bone options, on the scan's grid,
+   before resampling): what of the calcium-range material the network is shown. Its
+   26-connected components: count, the largest (mm³), the volume in components over 1 mL
+   (``big_ml``: bone left in, such as a vertebral body) and the total (mL).
 4. ``heart.*``: the heart region's centroid and extent (5th–95th percentile of its voxels'
    coordinates) in the box (0…1); z is bounded by the slab. ``heart.volume_ml`` on the slab.
 5. ``geo.*``: field of view (mm), lung box (mm), body width (median over slab slices) and its
@@ -438,6 +443,23 @@ def streaks(r: dict, spacing: tuple[float, float, float], soft_std: float | None
     return out | {"streak.ring_ratio": float(np.median(std[ring])) / soft_std}
 
 
+def channel(volume, lungs: np.ndarray) -> dict:
+    """``channel.*`` (see the module docstring)."""
+    from aidnet.config import load_config
+    from aidnet.preprocess import calcium_candidates
+    from aidnet.preprocess.config import for_training
+
+    mask = calcium_candidates(volume, for_training(load_config("full")), lungs)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(volume.spacing))
+    return {
+        "channel.count": int(n),
+        "channel.largest_mm3": float(sizes.max()) if n else 0.0,
+        "channel.big_ml": float(sizes[sizes > 1000.0].sum()) / 1000.0,
+        "channel.total_ml": float(sizes.sum()) / 1000.0,
+    }
+
+
 def measure(volume, lungs: np.ndarray | None = None) -> dict:
     """Every measurement of one scan, as a flat ``{name: number or None}``."""
     spacing = tuple(float(s) for s in volume.spacing)
@@ -445,6 +467,7 @@ def measure(volume, lungs: np.ndarray | None = None) -> dict:
     out = hu_classes(r)
     out |= noise(r, spacing)  # type: ignore[arg-type]
     out |= calcium(r, spacing)  # type: ignore[arg-type]
+    out |= channel(volume, r["lungs"])
     out |= heart(r, spacing)  # type: ignore[arg-type]
     out |= geometry(r, spacing)  # type: ignore[arg-type]
     out |= edge(r, spacing)  # type: ignore[arg-type]

@@ -300,3 +300,33 @@ def test_metal_streaks_fade_with_distance_and_stay_in_their_slice():
     dev = np.abs(vol[1] - 40.0)
     near, far = dev[(r > 8) & (r < 20)].mean(), dev[(r > 45) & (r < 60)].mean()
     assert near > 2.0 and near > 1.5 * far
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_each_vertebral_body_is_one_bone_with_its_arch(seed):
+    """Pedicles join each vertebral body to its posterior arch around an open canal, as in a
+    real spine: so the body is bone that reaches the chest wall (through the spinous process)
+    and leaves the calcium channel with the arch (``dim_wall_bone``), as a real spine does."""
+    from scipy import ndimage
+
+    from aidnet.phantom import anatomy
+    from aidnet.phantom.render import _slices
+    from aidnet.phantom.shapes import Grid
+
+    sub = anatomy.draw_subject(np.random.default_rng(seed), 0)
+    p = sub.p
+    grid = Grid((60, 256, 256), (1.0, 1.0, 1.0), 100.0, 0.0, (0.0, 0.0, 0.0))
+    vol, _ = _slices(sub, grid, False, np.random.default_rng(0))
+    labels, _ = ndimage.label(vol > 130, np.ones((3, 3, 3)))
+
+    def voxel(y_mm):
+        return int(round(y_mm + 127.5)), 128  # (row, column) of patient (x = 0, y) on this grid
+
+    phase = (grid.slice_z() - p["vert_phase"]) % p["vert_period"]
+    arch = np.flatnonzero((phase > 10) & (phase < p["vert_period"] - 4))
+    assert arch.size >= 5
+    for k in arch:
+        body = labels[k][voxel(p["vert_y"])]
+        spinous = labels[k][voxel(p["canal_y"] + 20)]
+        assert body > 0 and body == spinous, f"slice {k}: body and arch are separate bones"
+        assert vol[k][voxel(p["canal_y"])] < 130  # the canal stays open

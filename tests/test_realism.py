@@ -51,6 +51,15 @@ def test_heart_and_calcium_sit_inside_the_lungs_box(measured):
     assert measured["ca_roi.peak_hu.q50"] > 130
 
 
+def test_calcium_channel_is_part_of_the_calcium_in_the_region(measured):
+    """The network's calcium channel (full preset) is some of the HU > 130 material inside the
+    region of interest, never more."""
+    assert measured["channel.count"] > 0
+    assert 0 < measured["channel.total_ml"] <= measured["ca_roi.volume_ml"]
+    assert measured["channel.largest_mm3"] <= 1000 * measured["channel.total_ml"] + 1e-6
+    assert 0 <= measured["channel.big_ml"] <= measured["channel.total_ml"]
+
+
 def test_region_of_interest_holds_the_coronary_calcium(realism, scan):
     """Sanity check against the phantom's labels (the measurements themselves use none)."""
     volume, labels = scan

@@ -82,7 +82,9 @@ def _slices(sub: Subject, grid: Grid, table: bool, rng: np.random.Generator):
     dring = 15.0 - np.hypot(X, Y - p["canal_y"])
     dspin = 1.0 - np.hypot(X / 4.5, (Y - p["canal_y"] - 30) / 16)
     cov_v, cov_canal = ramp(dv, w), ramp(dcanal, w)
-    cov_arch = np.maximum(ramp(dring, w) * (p["canal_y"] - 10 < Y), ramp(dspin * 4.5, w))
+    # the arch: a ring round the canal reaching forward into the body's back (the pedicles, so
+    # body and arch are one bone, as in a real spine) and the spinous process
+    cov_arch = np.maximum(ramp(dring, w) * (p["canal_y"] - 14 < Y), ramp(dspin * 4.5, w))
     cortex = float(p.get("hu_cortex", 650.0))
     vert_val = np.where(dv < 1.2, cortex, 230.0).astype(np.float32)
     dst = 1.0 - np.hypot(X / 16.0, (Y + p["cav_ant"] + 7) / 7.0)
