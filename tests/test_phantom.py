@@ -330,3 +330,34 @@ def test_each_vertebral_body_is_one_bone_with_its_arch(seed):
         spinous = labels[k][voxel(p["canal_y"] + 20)]
         assert body > 0 and body == spinous, f"slice {k}: body and arch are separate bones"
         assert vol[k][voxel(p["canal_y"])] < 130  # the canal stays open
+
+
+def test_aortic_plaques_lie_in_the_wall_and_sheets_are_confluent(monkeypatch):
+    """An aortic-wall plaque is one thin blob, or a sheet of overlapping blobs round part of
+    the circumference and along the (curved) vessel; every blob sits on the wall."""
+    from aidnet.phantom import anatomy
+
+    alpha = np.linspace(0, np.pi, 13)  # an arch-like curve, 30 mm radius of curvature
+    path = np.stack([30 * np.cos(alpha), np.zeros(13), -30 * np.sin(alpha)], axis=1)
+    dense = np.stack([np.interp(np.linspace(0, 12, 2000), np.arange(13), c) for c in path.T], 1)
+    radius = 14.0
+
+    def plaques(share):
+        monkeypatch.setattr(anatomy, "AORTIC_SHEET_SHARE", share)
+        rng = np.random.default_rng(0)
+        return [anatomy._aortic_plaque(path, radius, rng) for _ in range(40)]
+
+    assert all(len(blobs) == 1 for blobs in plaques(0.0))
+    sheets = plaques(1.0)
+    sizes = [len(blobs) for blobs in sheets]
+    assert min(sizes) >= 2 and max(sizes) > 12
+    for blobs in sheets:
+        centres = np.array([c for c, _, _ in blobs])
+        # on the wall: at the radius from the vessel's centre line (to its sampling)
+        to_line = np.linalg.norm(centres[:, None] - dense[None], axis=2).min(axis=1)
+        assert np.allclose(to_line, radius, atol=1.0)
+        # confluent: each blob overlaps a neighbour (closer than their summed semi-axes)
+        reach = np.array([s.max() for _, _, s in blobs])
+        gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2)
+        np.fill_diagonal(gaps, np.inf)
+        assert (gaps.min(axis=1) < 2 * reach).all()

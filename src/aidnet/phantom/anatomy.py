@@ -58,10 +58,15 @@ def _blob_estimate(semi, hu) -> float:
 
 def _arc(path: np.ndarray, rng, skip: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """A random point along a polyline (beyond ``skip`` mm) and the local direction."""
+    total = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+    return _along(path, rng.uniform(min(skip, 0.5 * total), total))
+
+
+def _along(path: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The point ``s`` mm along a polyline (clipped to its ends) and the local direction."""
     seg = np.diff(path, axis=0)
     lengths = np.linalg.norm(seg, axis=1)
-    total = lengths.sum()
-    s = rng.uniform(min(skip, 0.5 * total), total)
+    s = float(np.clip(s, 0.0, lengths.sum()))
     i = int(np.searchsorted(np.cumsum(lengths), s))
     i = min(i, len(seg) - 1)
     t = (s - lengths[:i].sum()) / lengths[i]
@@ -301,18 +306,11 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
             hu = U(250, 1100)
             if kind in (0, 3):  # aortic wall: root and ascending / arch and descending
                 part = aorta[: len(asc) + 3] if kind == 0 else aorta[len(asc) + 2 :]
-                centre, direction = _arc(part, rng, skip=0)
-                frame = _frame(direction)
-                ang = U(0, 2 * np.pi)
-                centre = centre + (frame[1] * np.cos(ang) + frame[2] * np.sin(ang)) * ra * 0.92
-                semi = np.array([U(1.5, 6), U(1.0, 2.5), U(0.6, 1.2)])
-                frame = np.stack(
-                    [
-                        frame[0],
-                        _unit(frame[1] * -np.sin(ang) + frame[2] * np.cos(ang)),
-                        _unit(frame[1] * np.cos(ang) + frame[2] * np.sin(ang)),
-                    ]
-                )
+                blobs = _aortic_plaque(part, ra * 0.92, rng)
+                for centre, frame, semi in blobs[:-1]:
+                    sub.distractors.append((centre, frame, semi, float(hu)))
+                    total += _blob_estimate(semi, hu)
+                centre, frame, semi = blobs[-1]
             elif kind in (1, 2):  # aortic valve annulus / mitral annulus
                 if kind == 1:
                     ring_c, normal, rad = root, _unit(asc_top - root), 12.0
@@ -345,6 +343,39 @@ def draw_subject(rng: np.random.Generator, target_class: int) -> Subject:
     # bone density and metal, from a generator of their own for the same reason
     _bone_and_metal(sub, np.random.default_rng(rng.integers(2**63)))
     return sub
+
+
+#: share of aortic-wall plaques that are confluent sheets (see :func:`_aortic_plaque`)
+AORTIC_SHEET_SHARE = 0.3
+
+
+def _aortic_plaque(
+    path: np.ndarray, radius: float, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One calcified plaque in the aortic wall, as (centre, frame, semi-axes) blobs: a thin
+    plaque elongated along the vessel, or (share :data:`AORTIC_SHEET_SHARE`) a confluent sheet
+    of such blobs round part of the circumference (up to about a third) and up to a few
+    centimetres along the vessel, following its curve: the crescents of an atherosclerotic
+    arch, from a fraction of a millilitre to several."""
+    U = rng.uniform
+    total = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+    s0, ang0 = U(0, total), U(0, 2 * np.pi)
+    semi0 = np.array([U(1.5, 6), U(1.0, 2.5), U(0.6, 1.2)])
+    n_ang, n_ax = 1, 1
+    if rng.random() < AORTIC_SHEET_SHARE:
+        n_ang, n_ax = int(rng.integers(2, 13)), int(rng.integers(1, 5))
+        semi0[2] = U(0.8, 2.0)
+    blobs = []
+    for j in range(n_ax):
+        point, direction = _along(path, s0 + (j - (n_ax - 1) / 2) * 1.5 * semi0[0])
+        f = _frame(direction)
+        for i in range(n_ang):
+            ang = ang0 + (i - (n_ang - 1) / 2) * 1.5 * semi0[1] / radius
+            out = f[1] * np.cos(ang) + f[2] * np.sin(ang)
+            frame = np.stack([f[0], _unit(f[1] * -np.sin(ang) + f[2] * np.cos(ang)), _unit(out)])
+            semi = semi0 * (U(0.8, 1.2, size=3) if n_ang * n_ax > 1 else 1.0)
+            blobs.append((point + out * radius, frame, semi))
+    return blobs
 
 
 #: share of subjects with calcified mediastinal or hilar lymph nodes, whatever their CAC
