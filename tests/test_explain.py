@@ -169,7 +169,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
     import nibabel as nib
     from scipy import ndimage
 
-    import aidnet.pipeline.explain as explain_module
+    import aidnet.pipeline.common as common_module
     from aidnet.data.cache import load_cached, preprocess_cohort
     from aidnet.data.manifest import read_manifest
     from aidnet.explain.localisation import nearest_distance_mm
@@ -210,7 +210,7 @@ def test_heat_map_on_the_input_grid_peaks_on_the_plaque(tmp_path, monkeypatch, l
         tmp_path / "stand-in.pt",
         None,
     )
-    monkeypatch.setattr(explain_module, "load_trained", lambda checkpoint: trained)
+    monkeypatch.setattr(common_module, "load_trained", lambda checkpoint: trained)
     out = tmp_path / "maps"
     written = explain_manifest(tmp_path / "stand-in.pt", manifest, out, cache_dir=cache, limit=1)
     assert [w["key"] for w in written] == [record.key]
