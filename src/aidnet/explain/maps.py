@@ -67,6 +67,20 @@ def ensemble_maps(
     return {name: normalise(np.mean([m[name] for m in maps], axis=0)) for name in shared}
 
 
+def as_members(trained: Trained | list[Trained]) -> list[Trained]:
+    """One network or a seed ensemble, as the list of its members."""
+    return trained if isinstance(trained, list) else [trained]
+
+
+def scan_maps(
+    trained: Trained | list[Trained], cached: CachedScan, geometry: CropGeometry, volume: Volume
+) -> dict[str, np.ndarray]:
+    """:func:`ensemble_maps` of a cached scan, kept on its calcium candidates (recomputed from
+    ``volume``, the scan itself): what ``explain`` writes and ``evaluate`` scores."""
+    members = as_members(trained)
+    return ensemble_maps(members, cached.image, geometry, scan_calcium(cached, geometry, volume))
+
+
 def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume) -> np.ndarray:
     """The calcium candidates of a cached scan, recomputed on its original grid."""
     from aidnet.preprocess import calcium_candidates

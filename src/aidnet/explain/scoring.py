@@ -64,17 +64,20 @@ def localisation_rows(
 
 
 def scored_rows(
-    trained: Trained,
+    trained: Trained | list[Trained],
     image: np.ndarray,
     record: ScanRecord,
     maps: dict[str, np.ndarray],
     labels: np.ndarray,
     geometry: CropGeometry,
 ) -> list[dict]:
-    """:func:`localisation_rows` with Grad-CAM's grid taken from the model on ``image``."""
+    """:func:`localisation_rows` with Grad-CAM's grid taken from the model on ``image`` (for a
+    seed ensemble, its first member's)."""
     from aidnet.explain.gradcam import feature_grid
+    from aidnet.explain.maps import as_members
 
-    grid = feature_grid(trained.model, torch.from_numpy(image)[None].to(trained.device))
+    first = as_members(trained)[0]
+    grid = feature_grid(first.model, torch.from_numpy(image)[None].to(first.device))
     return localisation_rows(record, maps, labels, geometry, grid)
 
 
@@ -83,7 +86,7 @@ def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> l
     seed ensemble (a list) its averaged maps (:func:`aidnet.explain.maps.ensemble_maps`), with
     the first member's Grad-CAM grid for the single-cell reference."""
     from aidnet.data.cache import load_cached
-    from aidnet.explain.maps import ensemble_maps, scan_calcium
+    from aidnet.explain.maps import scan_maps
     from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
@@ -91,10 +94,8 @@ def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> l
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
-    members = trained if isinstance(trained, list) else [trained]
-    calcium = scan_calcium(cached, geometry, read_volume(item.record.path))
-    maps = ensemble_maps(members, cached.image, geometry, calcium)
-    return scored_rows(members[0], cached.image, item.record, maps, labels, geometry)
+    maps = scan_maps(trained, cached, geometry, read_volume(item.record.path))
+    return scored_rows(trained, cached.image, item.record, maps, labels, geometry)
 
 
 def localisation_summary(rows: list[dict]) -> dict:

@@ -58,8 +58,13 @@ def _blob_estimate(semi, hu) -> float:
 
 def _arc(path: np.ndarray, rng, skip: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """A random point along a polyline (beyond ``skip`` mm) and the local direction."""
-    total = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+    total = _length(path)
     return _along(path, rng.uniform(min(skip, 0.5 * total), total))
+
+
+def _length(path: np.ndarray) -> float:
+    """A polyline's length (mm)."""
+    return float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
 
 
 def _along(path: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -358,8 +363,7 @@ def _aortic_plaque(
     centimetres along the vessel, following its curve: the crescents of an atherosclerotic
     arch, from a fraction of a millilitre to several."""
     U = rng.uniform
-    total = float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
-    s0, ang0 = U(0, total), U(0, 2 * np.pi)
+    s0, ang0 = U(0, _length(path)), U(0, 2 * np.pi)
     semi0 = np.array([U(1.5, 6), U(1.0, 2.5), U(0.6, 1.2)])
     n_ang, n_ax = 1, 1
     if rng.random() < AORTIC_SHEET_SHARE:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aidnet.data.cache import load_cached
 from aidnet.data.datasets import Item
-from aidnet.explain.maps import ensemble_maps, scan_calcium, write_maps
+from aidnet.explain.maps import scan_maps, write_maps
 from aidnet.explain.scoring import coronary_labels, scored_rows
 from aidnet.pipeline.common import (
     Trained,
@@ -33,18 +33,16 @@ def explain_item(
     ``evaluate`` does."""
     from aidnet.io.read import read_volume
 
-    members = trained if isinstance(trained, list) else [trained]
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     volume = read_volume(item.record.path)
-    calcium = scan_calcium(cached, geometry, volume)
-    maps = ensemble_maps(members, cached.image, geometry, calcium)
+    maps = scan_maps(trained, cached, geometry, volume)
     key = item.record.key
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
         written["localisation"] = scored_rows(
-            members[0], cached.image, item.record, maps, labels, geometry
+            trained, cached.image, item.record, maps, labels, geometry
         )
     return written
 

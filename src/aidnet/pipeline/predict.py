@@ -123,7 +123,9 @@ def explain_scan(trained: Trained | list[Trained], path: Path) -> Explained:
     For several models (an ensemble, see :func:`aidnet.pipeline.common.load_ensemble`) the
     scan is read and preprocessed once (see :func:`explain_prepared`).
     """
-    members = trained if isinstance(trained, list) else [trained]
+    from aidnet.explain.maps import as_members
+
+    members = as_members(trained)
     volume, sample = prepare_scan(path, members[0].preprocess)
     return explain_prepared(members, volume, sample)
 
