@@ -141,18 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             config = load_config(str(args.recipe), epochs=args.epochs, seed=seed)
             run = args.out / f"seed-{seed}"
-            resume = (run / "last.pt").exists() and not (run / "best.pt").exists()
-            if not (run / "best.pt").exists() or resume:
-                train(
-                    config,
-                    manifest,
-                    run,
-                    resume=resume,
-                    cache_dir=args.out / "cache",
-                    workers=args.workers,
-                    device=args.device,
-                    splits=split,
-                )
+            # best.pt is written at the first epoch already: only last.pt says how far a run
+            # got. Resuming a finished run trains nothing; an interrupted one goes on.
+            train(
+                config,
+                manifest,
+                run,
+                resume=(run / "last.pt").exists(),
+                cache_dir=args.out / "cache",
+                workers=args.workers,
+                device=args.device,
+                splits=split,
+            )
             split = split or run / "splits.csv"
             metrics = evaluate_run(
                 run,

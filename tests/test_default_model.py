@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -18,27 +19,25 @@ def test_it_trains_evaluates_and_reports_without_touching_the_package(tmp_path):
     before = shipped.stat().st_mtime_ns if shipped.exists() else None
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: tiny\nepochs: 1\nval_fraction: 0.2\ntest_fraction: 0.4\n")
-    code = default_model.main(
-        [
-            "--out",
-            str(tmp_path / "dm"),
-            "--subjects",
-            "8",
-            "--size",
-            "small",
-            "--workers",
-            "1",
-            "--device",
-            "cpu",
-            "--recipe",
-            str(recipe),
-            "--seeds",
-            "3,4",
-            "--scans",
-            str(tmp_path / "no-scans"),
-        ]
-    )
-    assert code == 0
+    argv = [
+        "--out",
+        str(tmp_path / "dm"),
+        "--subjects",
+        "8",
+        "--size",
+        "small",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--recipe",
+        str(recipe),
+        "--seeds",
+        "3,4",
+        "--scans",
+        str(tmp_path / "no-scans"),
+    ]
+    assert default_model.main(argv) == 0
     figures = json.loads((tmp_path / "dm" / "default_model.json").read_text())
     assert figures["subjects"] == 8 and figures["commit"]
     assert set(figures["seeds"]) == {"3", "4"} and figures["chosen_seed"] in (3, 4)
@@ -53,6 +52,18 @@ def test_it_trains_evaluates_and_reports_without_touching_the_package(tmp_path):
     assert figures["targets"]["lung2_p_cac"]["met"] is None  # not measured: no real scans
     after = shipped.stat().st_mtime_ns if shipped.exists() else None
     assert after == before  # only --ship copies into the package
+
+    # seed 3 stopped during its first epoch (its best.pt is already there), seed 4 finished:
+    # a second call trains seed 3 on and leaves seed 4 as it is
+    last = tmp_path / "dm" / "seed-3" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    state["next_epoch"], state["next_step"] = 0, 0
+    torch.save(state, last)
+    logs = {s: (tmp_path / "dm" / f"seed-{s}" / "log.csv").read_text() for s in ("3", "4")}
+    assert default_model.main(argv) == 0
+    rows = {s: (tmp_path / "dm" / f"seed-{s}" / "log.csv").read_text() for s in ("3", "4")}
+    assert len(rows["3"].splitlines()) == len(logs["3"].splitlines()) + 1
+    assert rows["4"] == logs["4"]
 
 
 def test_the_seed_to_ship_is_chosen_on_validation_alone():
