@@ -7,10 +7,12 @@ The protocol of the model-card trials, in one command:
 2. training with ``src/aidnet/weights/recipe.yaml`` (the recommended ``full`` preset at the
    size the recipe names), on ``--device``, once per training seed (``--seeds``, default three),
    every seed on the first seed's subject split, so all are tested on the same held-out
-   subjects; each run resumes where it stopped;
+   subjects; each run resumes where it stopped. With ``--side-by-side`` the seeds train at
+   once, each in its own process with its share of the CPU threads (``seed-N/train.log``);
 3. each seed evaluated on the held-out test subjects: AUC (subject bootstrap interval) and the
    Grad-CAM pointing game against the phantom's label maps, and, when ``make real-scans`` has
    fetched them (``--scans``), P(CAC) and the Grad-CAM peak on the two real pyradiomics scans;
+   with several seeds, their ensemble (averaged probabilities and heat maps) the same way;
 4. the seed to ship is the one with the best validation AUC (its ``best.pt``): chosen without
    looking at the test subjects or the real scans. ``OUT/default_model.json`` holds every
    seed's figures, the choice and, for it, whether each target of docs/model-card.md is met;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,8 +62,9 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _real_scans(folder: Path, checkpoint: Path) -> dict | str:
-    """P(CAC) and the Grad-CAM peak on lung1 and lung2 (benchmarks/real_check.py), or why not."""
+def _real_scans(folder: Path, checkpoint: list[Path]) -> dict | str:
+    """P(CAC) and the Grad-CAM peak on lung1 and lung2 (benchmarks/real_check.py) of a model
+    or a seed ensemble, or why not."""
     from benchmarks.real_check import check, real_scans
 
     scans = real_scans(folder)
@@ -69,6 +73,76 @@ def _real_scans(folder: Path, checkpoint: Path) -> dict | str:
     from aidnet.api import load_model
 
     return check(load_model(checkpoint, device="cpu"), scans)
+
+
+def _threads(processes: int) -> int:
+    """CPU threads for each of ``processes`` trainings that share this machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // processes)
+
+
+def _train_side_by_side(
+    args: argparse.Namespace, manifest: Path, runs: dict[int, Path], split: Path
+) -> None:
+    """Every seed's ``aidnet train`` at once, each in its own process, on ``split`` and the
+    filled cache, with ``OMP_NUM_THREADS`` set so that their threads add up to the cores
+    (left at torch's default, each would start one per core and they would crowd each other
+    out); each resumes where it stopped, and its output goes to ``RUN/train.log``."""
+    from aidnet.errors import AidnetError
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads(len(runs)))}
+    procs: dict[int, tuple[subprocess.Popen, Path]] = {}
+    try:
+        for seed, run in runs.items():
+            run.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "aidnet.cli", "train", "--manifest", str(manifest)]
+            cmd += ["--out", str(run), "--preset", str(args.recipe), "--seed", str(seed)]
+            cmd += ["--cache", str(args.out / "cache"), "--splits", str(split)]
+            cmd += ["--device", args.device] if args.device else []
+            cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+            cmd += ["--resume"] if (run / "last.pt").exists() else []
+            log = run / "train.log"
+            with log.open("a") as fh:
+                procs[seed] = (subprocess.Popen(cmd, stdout=fh, stderr=fh, env=env), log)
+        exits = [(seed, proc.wait(), log) for seed, (proc, log) in procs.items()]
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+    for seed, code, log in exits:
+        if code != 0:
+            lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise AidnetError(f"{log}: seed {seed}'s training failed (exit {code}): {lines[-1]}")
+
+
+def _evaluate(args: argparse.Namespace, manifest: Path, runs: list[Path], out: Path) -> dict:
+    """A model's (one run) or a seed ensemble's (several) figures on the held-out test
+    subjects and on the two real scans."""
+    from aidnet.pipeline import evaluate_run
+    from benchmarks.real_scans import default_dest
+
+    metrics = evaluate_run(
+        runs if len(runs) > 1 else runs[0],
+        manifest,
+        out,
+        split="test",
+        cache_dir=args.out / "cache",
+        device=args.device,
+        workers=args.workers,
+    )
+    pointing = metrics.get("localisation", {}).get("gradcam", {})
+    return {
+        "test_auc": metrics.get("auc"),
+        "test_auc_ci95": metrics.get("auc_ci95"),
+        "test_scans": metrics.get("n"),
+        "pointing_game": pointing.get("pointing_hit_rate"),
+        "pointing_game_ci95": pointing.get("pointing_hit_rate_ci95"),
+        "pointing_scans": pointing.get("n"),
+        "real_scans": _real_scans(args.scans or default_dest(), [r / "best.pt" for r in runs]),
+    }
 
 
 def _auc(figures: dict) -> float:
@@ -107,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from aidnet.config import load_config
     from aidnet.errors import AidnetError
     from aidnet.phantom import make_cohort
-    from aidnet.pipeline import evaluate_run
-    from aidnet.training.loop import train
-    from benchmarks.real_scans import default_dest
+    from aidnet.training.loop import prepare_data, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/default-model"))
@@ -123,9 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe (tests)")
     ap.add_argument("--scans", type=Path, default=None, help="lung1/lung2 (make real-scans)")
     ap.add_argument("--ship", action="store_true", help="copy the chosen best.pt into the package")
+    ap.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="train the seeds at once, one process each (several seeds on one CPU)",
+    )
     args = ap.parse_args(argv)
     started = time.perf_counter()
     seeds: dict[str, dict] = {}
+    ensemble: dict | None = None
+    cache = args.out / "cache"
     try:
         manifest = args.out / "cohort" / "manifest.csv"
         if not manifest.exists():
@@ -137,47 +216,39 @@ def main(argv: list[str] | None = None) -> int:
                 progress=True,
                 workers=args.workers,
             )
-        split = None  # the first seed's subject split, for every later seed
-        for seed in args.seeds:
-            config = load_config(str(args.recipe), epochs=args.epochs, seed=seed)
-            run = args.out / f"seed-{seed}"
-            # best.pt is written at the first epoch already: only last.pt says how far a run
-            # got. Resuming a finished run trains nothing; an interrupted one goes on.
-            train(
-                config,
-                manifest,
-                run,
-                resume=(run / "last.pt").exists(),
-                cache_dir=args.out / "cache",
-                workers=args.workers,
-                device=args.device,
-                splits=split,
-            )
-            split = split or run / "splits.csv"
-            metrics = evaluate_run(
-                run,
-                manifest,
-                run / "eval",
-                split="test",
-                cache_dir=args.out / "cache",
-                device=args.device,
-                workers=args.workers,
-            )
-            pointing = metrics.get("localisation", {}).get("gradcam", {})
+        runs = {seed: args.out / f"seed-{seed}" for seed in args.seeds}
+        first = runs[args.seeds[0]]
+        if args.side_by_side:
+            # the first seed's split and the filled cache, before any training starts
+            first.mkdir(parents=True, exist_ok=True)
+            config = load_config(str(args.recipe), epochs=args.epochs, seed=args.seeds[0])
+            prepare_data(config, manifest, first, cache_dir=cache, workers=args.workers)
+            _train_side_by_side(args, manifest, runs, first / "splits.csv")
+        for seed, run in runs.items():
+            if not args.side_by_side:
+                # best.pt is written at the first epoch already: only last.pt says how far a
+                # run got. Resuming a finished run trains nothing; an interrupted one goes on.
+                train(
+                    load_config(str(args.recipe), epochs=args.epochs, seed=seed),
+                    manifest,
+                    run,
+                    resume=(run / "last.pt").exists(),
+                    cache_dir=cache,
+                    workers=args.workers,
+                    device=args.device,
+                    splits=None if run == first else first / "splits.csv",
+                )
             best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
             seeds[str(seed)] = {
                 "run": str(run),
                 "best_epoch": best.get("epoch"),
                 "val_auc": best.get("val_auc"),
-                "test_auc": metrics.get("auc"),
-                "test_auc_ci95": metrics.get("auc_ci95"),
-                "test_scans": metrics.get("n"),
-                "pointing_game": pointing.get("pointing_hit_rate"),
-                "pointing_game_ci95": pointing.get("pointing_hit_rate_ci95"),
-                "pointing_scans": pointing.get("n"),
-                "real_scans": _real_scans(args.scans or default_dest(), run / "best.pt"),
+                **_evaluate(args, manifest, [run], run / "eval"),
             }
             print(json.dumps({f"seed {seed}": seeds[str(seed)]}), flush=True)
+        if len(runs) > 1:
+            ensemble = _evaluate(args, manifest, list(runs.values()), args.out / "ensemble")
+            print(json.dumps({"ensemble": ensemble}), flush=True)
     except AidnetError as exc:
         print(f"default_model: error: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe.is_relative_to(ROOT)
         else str(args.recipe),
         "seeds": seeds,
+        "ensemble": ensemble,
         "chosen_seed": int(chosen),
         "targets": {key: {"bound": TARGETS[key], "met": met} for key, met in targets.items()},
         "seconds": round(time.perf_counter() - started, 1),
