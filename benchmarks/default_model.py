@@ -88,12 +88,15 @@ def _train_side_by_side(
     args: argparse.Namespace, manifest: Path, runs: dict[int, Path], split: Path
 ) -> None:
     """Every seed's ``aidnet train`` at once, each in its own process, on ``split`` and the
-    filled cache, with ``OMP_NUM_THREADS`` set so that their threads add up to the cores
-    (left at torch's default, each would start one per core and they would crowd each other
-    out); each resumes where it stopped, and its output goes to ``RUN/train.log``."""
+    filled cache, with the thread-pool variables (``OMP_NUM_THREADS`` …) set so that their
+    threads add up to the cores (left at torch's default, each would start one per core and
+    they would crowd each other out); each resumes where it stopped, and its output goes to
+    ``RUN/train.log``."""
+    from aidnet.data.pool import THREAD_VARIABLES
     from aidnet.errors import AidnetError
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(_threads(len(runs)))}
+    threads = str(_threads(len(runs)))
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, threads)}
     procs: dict[int, tuple[subprocess.Popen, Path]] = {}
     try:
         for seed, run in runs.items():
