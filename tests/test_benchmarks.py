@@ -38,3 +38,29 @@ def test_evaluate_workers_benchmark_is_registered():
     finally:
         sys.path.remove(str(ROOT))
     assert BENCHES["evaluate_workers"] is bench_evaluate_workers
+
+
+def test_stability_summary_counts_moves_per_change():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.stability import VARIANTS, summarise
+    finally:
+        sys.path.remove(str(ROOT))
+    first, *rest = VARIANTS
+
+    def scan(name, original, changed, other):
+        p = {"original": original, first: changed, **dict.fromkeys(rest, other)}
+        return {"name": name, "source": "real" if name == "lung2" else "phantom", "p_cac": p}
+
+    scans = [
+        scan("phantom", [0.1, 0.5], [0.4, 0.5], [0.1, 0.5]),  # moves 0.3 and 0
+        scan("phantom", [0.9, 0.2], [0.8, "refused"], [0.9, 0.2]),  # 0.1; an error is skipped
+        scan("lung2", [0.6, 0.3], [0.1, 0.3], [0.6, 0.3]),
+    ]
+    summary = summarise(scans, checkpoints=2)
+    row = summary["phantom"][first]
+    assert row["n"] == 3 and row["max_abs_change"] == pytest.approx(0.3)
+    assert row["median_abs_change"] == pytest.approx(0.1)
+    assert row["share_above_0.2"] == pytest.approx(1 / 3, abs=1e-3)
+    assert summary["phantom"][rest[0]]["max_abs_change"] == 0.0
+    assert summary["real"] == {"lung2": scans[2]["p_cac"]}

@@ -221,3 +221,34 @@ def test_explain_maps_on_the_scan_grid(scans, explained, name):
         assert np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= 1.0
         assert (explained / f"{name}_scan_{map_name}.png").is_file()
     assert_on_calcium(explained / f"{name}_scan_integrated_gradients.nii.gz", scans[name])
+
+
+def test_stability_benchmark_scores_phantom_and_real_scans_as_predict_does(
+    scans, tiny_run, tmp_path
+):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.stability import VARIANTS, main
+    finally:
+        sys.path.remove(str(ROOT))
+    from aidnet.api import load_model
+
+    out = tmp_path / "stability.json"
+    manifest = tiny_run.parent / "cohort" / "manifest.csv"
+    args = [str(tiny_run), "--manifest", str(manifest), "--split", "all", "--per-class", "1"]
+    assert main([*args, "--scans", str(scans["lung1"].parent), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = [s["name"] for s in report["scans"]]
+    phantom = [s for s in report["scans"] if s["source"] == "phantom"]
+    assert names[-2:] == ["lung1", "lung2"] and 1 <= len(phantom) <= 2
+    for scan in report["scans"]:
+        assert set(scan["p_cac"]) == {"original", *VARIANTS}
+        for values in scan["p_cac"].values():
+            assert len(values) == 1 and 0.0 <= values[0] <= 1.0
+    # unchanged scans are scored as `aidnet predict` scores them
+    model = load_model(tiny_run, device="cpu")
+    for name in NAMES:
+        (original,) = report["summary"]["real"][name]["original"]
+        assert original == pytest.approx(model.predict(scans[name]).p_cac, abs=1e-4)
+    for variant in VARIANTS:
+        assert report["summary"]["phantom"][variant]["n"] == len(phantom)
