@@ -19,7 +19,6 @@ this small is a weak basis for any decision.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import statistics
@@ -69,25 +68,23 @@ VARIANTS: dict[str, tuple[str, Change]] = {
 
 
 def phantom_scans(manifest: Path, splits: Path, split: str, per_class: int) -> list[dict]:
-    """The first ``per_class`` CAC-positive and CAC-negative ``scan`` visits of ``split``'s
-    subjects (``all``: every subject), in manifest order."""
-    chosen = {r["subject"]: r["split"] for r in csv.DictReader(splits.open())}
+    """The first ``per_class`` CAC-positive and CAC-negative labelled ``scan`` visits of
+    ``split``'s subjects (``all``: every subject), in manifest order."""
+    from aidnet.data.manifest import read_manifest
+    from aidnet.data.splits import read_splits
+
+    chosen = read_splits(splits)
     rows = [
         r
-        for r in csv.DictReader(manifest.open())
-        if r.get("visit") == "scan"
-        and r.get("agatston", "") != ""
-        and (split == "all" or chosen.get(r["subject"]) == split)
+        for r in read_manifest(manifest)
+        if r.visit == "scan"
+        and r.agatston is not None
+        and (split == "all" or chosen.get(r.subject) == split)
     ]
-    positive = [r for r in rows if float(r["agatston"]) > 0][:per_class]
-    negative = [r for r in rows if float(r["agatston"]) == 0][:per_class]
+    positive = [r for r in rows if r.agatston][:per_class]
+    negative = [r for r in rows if not r.agatston][:per_class]
     return [
-        {
-            "name": f"{r['subject']}_{r['visit']}",
-            "source": "phantom",
-            "agatston": float(r["agatston"]),
-            "path": str((manifest.parent / r["path"]).resolve()),
-        }
+        {"name": r.key, "source": "phantom", "agatston": r.agatston, "path": str(r.path)}
         for r in positive + negative
     ]
 
@@ -98,6 +95,7 @@ def score(members: list, volume, hu: np.ndarray) -> list[float | str]:
     import torch
 
     from aidnet.errors import AidnetError
+    from aidnet.evaluation.predictions import class_columns
     from aidnet.inference import class_probs
     from aidnet.preprocess.sample import preprocess_volume
 
@@ -110,8 +108,8 @@ def score(members: list, volume, hu: np.ndarray) -> list[float | str]:
     out: list[float | str] = []
     with torch.no_grad():
         for m in members:
-            logits = m.model.forward_single(x.to(m.device)).logits
-            out.append(round(float(1.0 - class_probs(logits)[0, 0]), 4))
+            probs = class_probs(m.model.forward_single(x.to(m.device)).logits)[0]
+            out.append(round(class_columns(probs.cpu().numpy())["p_cac"], 4))
     return out
 
 
@@ -166,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         members = [load_ensemble(c, torch.device("cpu"))[0] for c in args.checkpoints]
         first = args.checkpoints[0]
         splits = args.splits or (first if first.is_dir() else first.parent) / "splits.csv"
-        for path in (args.manifest, splits):
-            if not path.is_file():
-                raise AidnetError(f"{path}: not found")
         scans = phantom_scans(args.manifest, splits, args.split, args.per_class)
         folder = args.scans or default_dest()
         scans += [
