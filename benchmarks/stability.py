@@ -1,12 +1,14 @@
 """How far a model's P(CAC) moves when the same scan is reconstructed a little differently.
 
     python -m benchmarks.stability RUN_OR_PT [RUN_OR_PT ...] --manifest M [--per-class 10]
-        [--split test] [--splits RUN/splits.csv] [--scans DIR] [--out FILE.json]
+        [--split test] [--splits RUN/splits.csv] [--scans DIR] [--noise-ceiling model|on|off]
+        [--out FILE.json]
 
 Every scan is scored as it is and after each of a few mild changes of its HU array on the
 scan's own grid, the kind that separate scanners and protocols (``VARIANTS``): a softer
 reconstruction kernel (in-plane Gaussian blur, 0.6 and 1.2 mm), a sharper one (unsharp mask)
-and more noise (in-plane correlated, 25 HU). Scans: the first ``--per-class`` CAC-positive and
+more noise (in-plane correlated, 25 HU) and a sharp lung kernel (edge enhancement and 70 HU
+of high-passed noise). Scans: the first ``--per-class`` CAC-positive and
 CAC-negative ``scan`` visits of the manifest's subjects in ``--split`` of ``--splits`` (default:
 the first checkpoint's run split, its test subjects), and the two real chest CTs of ``make
 real-scans`` when they are there. Each checkpoint is scored on its own (no heat maps: P(CAC)
@@ -34,6 +36,9 @@ SOFT_MM = (0.6, 1.2)
 SHARP_MM = 0.8  # the unsharp mask's blur: a + (a - blur(a))
 NOISE_HU = 25.0  # standard deviation of the added noise
 NOISE_GRAIN_PX = 0.7  # in-plane correlation of the added noise (Gaussian sigma, pixels)
+#: a sharp lung kernel: edge enhancement a + (a - blur) and high-passed noise of this many HU
+LUNG_KERNEL_MM = 0.7
+LUNG_KERNEL_NOISE_HU = 70.0
 #: |ΔP(CAC)| that counts as a large move
 LARGE = 0.2
 
@@ -52,6 +57,15 @@ def _noise(hu: np.ndarray, spacing, rng: np.random.Generator) -> np.ndarray:
     return hu + grain * np.float32(NOISE_HU / float(grain.std()))
 
 
+def _lung_kernel(hu: np.ndarray, spacing, rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
+    grain = rng.standard_normal(hu.shape).astype(np.float32)
+    grain -= 0.8 * ndimage.gaussian_filter(grain, (0.0, 1.0, 1.0))  # high-passed, pixel-level
+    grain *= np.float32(LUNG_KERNEL_NOISE_HU / float(grain.std()))
+    return 2 * hu - _blur(hu, spacing, LUNG_KERNEL_MM) + grain
+
+
 Change = Callable[[np.ndarray, tuple, np.random.Generator], np.ndarray]
 VARIANTS: dict[str, tuple[str, Change]] = {
     "soft_0.6mm": ("in-plane Gaussian blur, sigma 0.6 mm", lambda a, s, r: _blur(a, s, 0.6)),
@@ -63,6 +77,11 @@ VARIANTS: dict[str, tuple[str, Change]] = {
     "noise_25HU": (
         f"in-plane correlated Gaussian noise, {NOISE_HU:g} HU",
         lambda a, s, r: _noise(a, s, r),
+    ),
+    "lung_kernel": (
+        f"sharp lung kernel: a + (a - blur {LUNG_KERNEL_MM} mm) and high-passed noise, "
+        f"{LUNG_KERNEL_NOISE_HU:g} HU",
+        lambda a, s, r: _lung_kernel(a, s, r),
     ),
 }
 
@@ -89,9 +108,10 @@ def phantom_scans(manifest: Path, splits: Path, split: str, per_class: int) -> l
     ]
 
 
-def score(members: list, volume, hu: np.ndarray) -> list[float | str]:
+def score(members: list, volume, hu: np.ndarray, config=None) -> list[float | str]:
     """P(CAC) of each member for ``volume`` with its array replaced by ``hu`` (an error line
-    where preprocessing refuses it)."""
+    where preprocessing refuses it), preprocessed with ``config`` (default: the first
+    member's)."""
     import torch
 
     from aidnet.errors import AidnetError
@@ -101,7 +121,7 @@ def score(members: list, volume, hu: np.ndarray) -> list[float | str]:
 
     changed = dataclasses.replace(volume, array=hu)
     try:
-        image = preprocess_volume(changed, members[0].preprocess).image
+        image = preprocess_volume(changed, config or members[0].preprocess).image
     except AidnetError as exc:
         return [str(exc)] * len(members)
     x = torch.from_numpy(image[None])
@@ -155,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--scans", type=Path, default=None, help="lung1/lung2 (make real-scans)")
     ap.add_argument("--seed", type=int, default=0, help="the added noise's")
+    ap.add_argument(
+        "--noise-ceiling",
+        choices=("model", "on", "off"),
+        default="model",
+        help="smooth scans noisier than the phantom (preprocess/noise.py): as the checkpoint "
+        "was trained, or forced on or off",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -162,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         members = [load_ensemble(c, torch.device("cpu"))[0] for c in args.checkpoints]
+        config = members[0].preprocess
+        if args.noise_ceiling != "model":
+            config = dataclasses.replace(config, noise_ceiling=args.noise_ceiling == "on")
         first = args.checkpoints[0]
         splits = args.splits or (first if first.is_dir() else first.parent) / "splits.csv"
         scans = phantom_scans(args.manifest, splits, args.split, args.per_class)
@@ -175,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             volume = read_volume(scan["path"])
             hu = np.asarray(volume.array, dtype=np.float32)
             rng = np.random.default_rng([args.seed, index])
-            scan["p_cac"] = {"original": score(members, volume, hu)}
+            scan["p_cac"] = {"original": score(members, volume, hu, config)}
             for variant, (_, change) in VARIANTS.items():
-                scan["p_cac"][variant] = score(members, volume, change(hu, volume.spacing, rng))
+                changed = change(hu, volume.spacing, rng)
+                scan["p_cac"][variant] = score(members, volume, changed, config)
             print(json.dumps({scan["name"]: scan["p_cac"]}), flush=True)
     except AidnetError as exc:
         print(f"stability: error: {exc}", file=sys.stderr)
@@ -187,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "checkpoints": [str(c) for c in args.checkpoints],
         "variants": {name: text for name, (text, _) in VARIANTS.items()},
+        "noise_ceiling": config.noise_ceiling,
         "split": args.split,
         "scans": scans,
         "summary": summarise(scans, len(members)),

@@ -81,16 +81,21 @@ def test_a_saved_configuration_is_read_as_saved_without_a_preset_under_it(tmp_pa
 
 def test_preprocessing_setting_travels_from_the_preset_to_the_checkpoint():
     """Each later preprocessing option (``dim_wall_bone``, ``dim_outer_bone``,
-    ``calcium_density``) of a configuration reaches its cache, its checkpoint's spec and the
-    model rebuilt from it, on its own; a checkpoint from before the settings preprocesses as
-    before."""
+    ``calcium_density``, ``noise_ceiling``) of a configuration reaches its cache, its
+    checkpoint's spec and the model rebuilt from it, on its own; a checkpoint from before the
+    settings preprocesses as before."""
     from pathlib import Path
 
     from aidnet.inference import Trained
     from aidnet.preprocess.config import LATER_OPTIONS, for_training
     from aidnet.training.loop import model_spec
 
-    assert set(LATER_OPTIONS) == {"dim_wall_bone", "dim_outer_bone", "calcium_density"}
+    assert set(LATER_OPTIONS) == {
+        "dim_wall_bone",
+        "dim_outer_bone",
+        "calcium_density",
+        "noise_ceiling",
+    }
     keys = {for_training(load_config("tiny")).key()}
     for name in LATER_OPTIONS:
         config = load_config("tiny", **{name: True})

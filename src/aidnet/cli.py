@@ -188,7 +188,9 @@ def preprocess(
 def train(
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Run folder (checkpoints, logs, split)."),
-    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(
+        DEFAULT_PRESET, "--preset", help="tiny, demo, paper, full or a YAML file."
+    ),
     model: str | None = option(None, "--model", help="aidnet, idnet, resnet101 or densenet121."),
     strategy: int | None = option(None, "--strategy", help="1: 2 classes, 2: 3 classes."),
     lambda_: float | None = option(None, "--lambda", help="Contrastive loss weight."),
@@ -438,7 +440,9 @@ def explain(
 def demo(
     out: Path = option(Path("runs/demo"), "--out", help="Folder for everything."),
     subjects: int = option(120, "--subjects", min=10, help="Phantom subjects."),
-    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(
+        DEFAULT_PRESET, "--preset", help="tiny, demo, paper, full or a YAML file."
+    ),
     seed: int = option(0, "--seed"),
 ) -> None:
     """The whole job on a synthetic cohort: phantom, train, evaluate, explain, report."""
@@ -454,7 +458,9 @@ def demo(
 def experiment(
     manifest: Path = option(REQUIRED, "--manifest", help="Cohort manifest CSV."),
     out: Path = option(REQUIRED, "--out", help="Folder for every row, the table and report."),
-    preset: str = option(DEFAULT_PRESET, "--preset", help="tiny, demo, paper or a YAML file."),
+    preset: str = option(
+        DEFAULT_PRESET, "--preset", help="tiny, demo, paper, full or a YAML file."
+    ),
     rows: str | None = option(
         None,
         "--rows",

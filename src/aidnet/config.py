@@ -77,6 +77,10 @@ class Config:
     # preprocessing: the calcium channel holds each candidate's density, (HU − 130) / 270 capped
     # at 1, instead of 1: noise specks just over 130 HU weigh almost nothing (preprocess/sample.py)
     calcium_density: bool = False
+    # preprocessing: a scan whose soft tissue is noisier than the training phantom's (a sharp
+    # kernel, a thin low-dose slice) is smoothed in-plane down to that noise first, so noise
+    # does not flood the calcium channel (preprocess/noise.py)
+    noise_ceiling: bool = False
     augment: bool = True
     max_shift: int = 2  # voxels of random translation on the network grid
     # with augment: scanner variation on the CT channel — a random HU offset and gain, noise and

@@ -178,6 +178,9 @@ def predict_scans(
                 "predicted_label": names[columns["predicted"]],
             }
         )
+    for entry, (_, sample) in zip(per_scan, prepared, strict=True):
+        if sample.noise is not None:  # the model reads scans with its noise ceiling
+            entry["noise"] = sample.noise.to_dict()
     mean = np.mean(probs, axis=0)
     combined = class_columns(mean)
     result: dict[str, Any] = {

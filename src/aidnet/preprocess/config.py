@@ -14,7 +14,7 @@ ALGORITHM_VERSION = "5"  # 3: contrast-enhanced scans are refused; 4: by their b
 
 # options that were added later: off, they leave the settings' dict (and older caches' keys) alone;
 # a training configuration and a checkpoint's model spec carry each under the same name
-LATER_OPTIONS = ("dim_wall_bone", "dim_outer_bone", "calcium_density")
+LATER_OPTIONS = ("dim_wall_bone", "dim_outer_bone", "calcium_density", "noise_ceiling")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class PreprocessConfig:
     # the calcium channel holds each candidate voxel's density, (HU − 130) / (400 − 130) capped
     # at 1, instead of 1 (not §2.1)
     calcium_density: bool = False
+    # a scan noisier than the training phantom (a sharp kernel, a thin low-dose slice) is
+    # smoothed in-plane down to the phantom's noise before anything else (preprocess/noise.py;
+    # not §2.1)
+    noise_ceiling: bool = False
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.size)

@@ -15,6 +15,7 @@ from aidnet.lung.segment import check_finite
 from aidnet.preprocess.config import PreprocessConfig, as_config
 from aidnet.preprocess.contrast import check_unenhanced
 from aidnet.preprocess.geometry import CropGeometry
+from aidnet.preprocess.noise import harmonise_noise
 from aidnet.preprocess.resample import resample_max, resample_mean
 
 HU_LOW, HU_HIGH, CALCIUM_HU = -200.0, 600.0, 130.0
@@ -33,6 +34,21 @@ class Sample:
     image: np.ndarray
     geometry: CropGeometry
     calcium: np.ndarray
+    #: with ``noise_ceiling``: the soft tissue's noise (HU) as read, and the in-plane Gaussian
+    #: sigma (mm) that brought it down (0: left as it was); None without the option
+    noise: Noise | None = None
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What :func:`aidnet.preprocess.noise.harmonise_noise` measured and did."""
+
+    noise_hu: float | None
+    smoothed_mm: float
+
+    def to_dict(self) -> dict:
+        hu = None if self.noise_hu is None else round(self.noise_hu, 1)
+        return {"noise_hu": hu, "smoothed_mm": self.smoothed_mm}
 
 
 def lung_box(
@@ -190,7 +206,10 @@ def preprocess_volume(
        region).
     2. Crop to the lungs' bounding box (it holds the heart), widened by ``margin_mm`` (default
        none, as in the paper) within the scan. A contrast-enhanced scan is refused here
-       (:func:`aidnet.preprocess.contrast.check_unenhanced`).
+       (:func:`aidnet.preprocess.contrast.check_unenhanced`). With ``noise_ceiling``, a crop
+       whose soft tissue is noisier than the training phantom is smoothed in-plane down to its
+       noise (:func:`aidnet.preprocess.noise.harmonise_noise`; ``Sample.noise`` says what was
+       measured and done).
     3. Channel 0: see :func:`input_channels`; channel 1: the HU>130 mask without in-plane
        components under 1 mm² (noise, by the Agatston rules); with ``dim_wall_bone``, bone that
        crosses the region's edge is left out of it and dimmed in channel 0 (with
@@ -202,7 +221,7 @@ def preprocess_volume(
        interpolated linearly. Both channels are float32 in [0, 1].
     """
     config = as_config(config)
-    box, ct, calcium = _region_of_interest(volume, config, lungs)
+    box, ct, calcium, noise = _region_of_interest(volume, config, lungs)
     candidates = calcium_density(ct, calcium) if config.calcium_density else calcium
     image = np.stack([resample_mean(ct, config.size), resample_max(candidates, config.size)])
     np.clip(image, 0.0, 1.0, out=image)
@@ -213,7 +232,8 @@ def preprocess_volume(
         network_shape=config.size,
         source=volume.source,
     )
-    return Sample(image=image.astype(np.float32, copy=False), geometry=geometry, calcium=calcium)
+    image = image.astype(np.float32, copy=False)
+    return Sample(image=image, geometry=geometry, calcium=calcium, noise=noise)
 
 
 def calcium_candidates(
@@ -224,7 +244,7 @@ def calcium_candidates(
     """The voxels the network's calcium channel is made of, on the scan's grid (bool): HU > 130
     inside the lungs' bounding box, outside the lungs and inside their dilated hull, without
     in-plane components under 1 mm². Explanations use it to point at calcifications."""
-    box, _, calcium = _region_of_interest(volume, as_config(config), lungs)
+    box, _, calcium, _ = _region_of_interest(volume, as_config(config), lungs)
     return on_original_grid(calcium, box, volume.shape)
 
 
@@ -253,8 +273,9 @@ def region_hull(
 
 def _region_of_interest(
     volume: Volume, config: PreprocessConfig, lungs: np.ndarray | None
-) -> tuple[tuple[int, int, int, int, int, int], np.ndarray, np.ndarray]:
-    """Steps 1–3 of :func:`preprocess_volume`: the crop box and both channels on the crop grid."""
+) -> tuple[tuple[int, int, int, int, int, int], np.ndarray, np.ndarray, Noise | None]:
+    """Steps 1–3 of :func:`preprocess_volume`: the crop box, both channels on the crop grid and,
+    with ``noise_ceiling``, what the noise step measured and did."""
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise AidnetError(f"expected a 3-D volume, got an array of shape {array.shape}")
@@ -273,12 +294,17 @@ def _region_of_interest(
     working_mm = tuple(float(s) * f for s, f in zip(volume.spacing, factors, strict=True))
     check_unenhanced(block_mean(array[crop], factors), block_any(crop_lungs, factors), working_mm)  # type: ignore[arg-type]
     hull = region_hull(crop_lungs, volume.spacing, config.hull_margin_mm)
+    hu = array[crop].astype(np.float32)
+    noise = None
+    if config.noise_ceiling:
+        hu, noise_hu, sigma_mm = harmonise_noise(hu, hull & ~crop_lungs, volume.spacing)
+        noise = Noise(noise_hu, sigma_mm)
     ct, calcium = input_channels(
-        array[crop].astype(np.float32),
+        hu,
         crop_lungs,
         hull,
         volume.spacing,
         config.dim_wall_bone,
         config.dim_outer_bone,
     )
-    return box, ct, calcium
+    return box, ct, calcium, noise
