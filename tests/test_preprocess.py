@@ -227,7 +227,7 @@ def test_wall_bone_on_a_phantom_leaves_only_the_calcifications(seed, cls):
     volume, labels, _ = render_pair(seed, "small", cls)[0]
     channels = []
     for dim in (False, True):
-        box, _, calcium = _region_of_interest(
+        box, _, calcium, _ = _region_of_interest(
             volume, PreprocessConfig((8, 8, 8), dim_wall_bone=dim), None
         )
         channels.append(calcium)
@@ -286,7 +286,7 @@ def test_outer_bone_on_a_phantom_keeps_every_calcification(seed, cls):
     channels = []
     for outer in (False, True):
         config = PreprocessConfig((8, 8, 8), dim_wall_bone=True, dim_outer_bone=outer)
-        box, _, calcium = _region_of_interest(volume, config, None)
+        box, _, calcium, _ = _region_of_interest(volume, config, None)
         channels.append(calcium)
     z0, z1, y0, y1, x0, x1 = box
     marked = labels[z0:z1, y0:y1, x0:x1] > 0
