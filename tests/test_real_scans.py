@@ -210,6 +210,40 @@ def test_predict(scans, tiny_run, name, tmp_path):
     assert_on_calcium(tmp_path / scan["heatmaps"]["integrated_gradients"], scans[name])
 
 
+def test_predict_reports_the_noise_ceiling(scans, tiny_run, tmp_path):
+    """A model trained with ``noise_ceiling``: both real scans are read as they are (their noise
+    is under the ceiling), lung2 with a sharp lung kernel's noise on it is smoothed, and
+    ``prediction.json`` says so per scan; a model without the option reports nothing."""
+    from scipy import ndimage
+
+    from aidnet.io.nifti import write_volume
+    from aidnet.io.read import read_volume
+
+    preset = tmp_path / "ceiling.yaml"
+    preset.write_text("preset: tiny\nnoise_ceiling: true\n")
+    manifest = tiny_run.parent / "cohort" / "manifest.csv"
+    ceiling_run = tmp_path / "run"
+    run("train", "--manifest", manifest, "--out", ceiling_run, "--preset", preset, "--epochs", 1)
+    volume = read_volume(scans["lung2"])
+    hu = np.asarray(volume.array, dtype=np.float32)
+    grain = np.random.default_rng(0).standard_normal(hu.shape).astype(np.float32)
+    grain -= 0.8 * ndimage.gaussian_filter(grain, (0.0, 1.0, 1.0))
+    sharp = tmp_path / "sharp.nii.gz"
+    write_volume(volume.with_array(hu + grain * np.float32(80.0 / grain.std())), sharp)
+    for name, path in (("lung1", scans["lung1"]), ("lung2", scans["lung2"]), ("sharp", sharp)):
+        out = tmp_path / name
+        run("predict", path, "--checkpoint", ceiling_run, "--out", out)
+        (scan,) = json.loads((out / "prediction.json").read_text())["scans"]
+        noise = scan["noise"]
+        if name == "sharp":
+            assert noise["noise_hu"] > 60.0 and noise["smoothed_mm"] > 0.0, noise
+        else:
+            assert 5.0 < noise["noise_hu"] < 35.0 and noise["smoothed_mm"] == 0.0, noise
+    run("predict", scans["lung2"], "--checkpoint", tiny_run, "--out", tmp_path / "plain")
+    (scan,) = json.loads((tmp_path / "plain" / "prediction.json").read_text())["scans"]
+    assert "noise" not in scan
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_explain_maps_on_the_scan_grid(scans, explained, name):
     for map_name in MAPS:
