@@ -98,3 +98,20 @@ def test_noise_ceiling_keeps_noise_out_of_the_calcium_channel():
     assert flooded.calcium.sum() > 5 * quiet_count
     assert kept.calcium.sum() < 1.5 * quiet_count
     assert kept.calcium[20 - kept.geometry.crop_box[0]].any()  # the plaque's slice keeps it
+
+
+def test_a_thin_slice_scan_is_read_on_a_sample_of_its_slices_and_smoothed_whole():
+    """300 slices: the reading (from at most READ_SLICES of them) matches the whole scan's, and
+    every slice is smoothed, not only the ones read."""
+    from aidnet.preprocess.noise import READ_SLICES
+
+    rng = np.random.default_rng(4)
+    spacing = (1.0, 0.7, 0.7)
+    hu = 40.0 + _high_passed((300, 64, 64), 70.0, rng)
+    region = np.ones(hu.shape, dtype=bool)
+    assert READ_SLICES < 300
+    out, noise, sigma = harmonise_noise(hu, region, spacing)
+    whole = soft_tissue_noise(hu, region, spacing)
+    assert whole is not None and noise == pytest.approx(whole, rel=0.03)
+    assert sigma > 0.0
+    assert np.array_equal(out, smooth_in_plane(hu, spacing, sigma))
