@@ -78,6 +78,7 @@ import numpy as np
 from scipy import ndimage
 
 from aidnet.preprocess.contrast import HEART_SLAB
+from aidnet.preprocess.noise import local_mean_std
 
 BODY_HU, TABLE_HU, CALCIUM_HU, BONE_HU, DENSE_HU = -500.0, -200.0, 130.0, 300.0, 1000.0
 FAT, SOFT, EDGE_TISSUE = (-190.0, -30.0), (0.0, 100.0), (-150.0, 150.0)
@@ -114,15 +115,6 @@ def _in_plane(mask: np.ndarray, steps: int, grow: bool) -> np.ndarray:
     return op(mask, structure=PLANE, iterations=steps) if steps > 0 else mask
 
 
-def local_mean_std(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """5×5 in-plane box mean and standard deviation (float32)."""
-    mean = ndimage.uniform_filter(hu, size=(1, 5, 5))
-    square = ndimage.uniform_filter(hu * hu, size=(1, 5, 5))
-    square -= mean * mean
-    np.maximum(square, 0.0, out=square)
-    return mean, np.sqrt(square, out=square)
-
-
 def find_regions(volume, lungs: np.ndarray | None = None) -> dict:
     """Masks and boxes every measurement shares (see the module docstring)."""
     from aidnet.lung import segment_lungs
@@ -151,7 +143,7 @@ def find_regions(volume, lungs: np.ndarray | None = None) -> dict:
 
     height = z1 - z0
     s0, s1 = z0 + int(np.floor(HEART_SLAB[0] * height)), z0 + int(np.ceil(HEART_SLAB[1] * height))
-    mean, std = local_mean_std(hu)
+    mean, std = local_mean_std(hu, (1, 5, 5))  # in-plane 5 × 5
     between = slice_hulls(lungs[s0:s1]) & ~lungs[s0:s1]
     soft_between = between & (mean[s0:s1] >= SOFT[0]) & (mean[s0:s1] <= SOFT[1])
     heart = np.zeros(hu.shape, dtype=bool)

@@ -42,13 +42,14 @@ def test_noise_is_read_from_soft_tissue_at_any_pixel_size(pixel_mm, sd):
 def test_noise_is_not_read_without_enough_soft_tissue():
     hu = np.full((2, 40, 40), -850.0, dtype=np.float32)  # lung only
     assert soft_tissue_noise(hu, np.ones(hu.shape, dtype=bool), (5.0, 0.7, 0.7)) is None
-    assert harmonise_noise(hu, np.ones(hu.shape, dtype=bool), (5.0, 0.7, 0.7))[2] == 0.0
+    assert harmonise_noise(hu, np.ones(hu.shape, dtype=bool), (5.0, 0.7, 0.7))[1].smoothed_mm == 0.0
 
 
 def test_a_scan_under_the_ceiling_is_left_exactly_as_it_is():
     rng = np.random.default_rng(1)
     hu = (40.0 + rng.normal(0.0, 20.0, (4, 96, 96))).astype(np.float32)
-    out, noise, sigma = harmonise_noise(hu, np.ones(hu.shape, dtype=bool), (5.0, 0.7, 0.7))
+    out, record = harmonise_noise(hu, np.ones(hu.shape, dtype=bool), (5.0, 0.7, 0.7))
+    noise, sigma = record.noise_hu, record.smoothed_mm
     assert out is hu and sigma == 0.0 and noise == pytest.approx(20.0, rel=0.1)
 
 
@@ -58,7 +59,8 @@ def test_a_noisy_scan_gets_the_narrowest_smoothing_that_brings_it_under(sd):
     spacing = (5.0, 0.65, 0.65)
     hu = 40.0 + _high_passed((4, 128, 128), sd, rng)
     region = np.ones(hu.shape, dtype=bool)
-    out, noise, sigma = harmonise_noise(hu, region, spacing)
+    out, record = harmonise_noise(hu, region, spacing)
+    noise, sigma = record.noise_hu, record.smoothed_mm
     assert noise == pytest.approx(sd, rel=0.1)
     assert sigma in SMOOTHING_MM
     after = soft_tissue_noise(out, region, spacing)
@@ -110,7 +112,8 @@ def test_a_thin_slice_scan_is_read_on_a_sample_of_its_slices_and_smoothed_whole(
     hu = 40.0 + _high_passed((300, 64, 64), 70.0, rng)
     region = np.ones(hu.shape, dtype=bool)
     assert READ_SLICES < 300
-    out, noise, sigma = harmonise_noise(hu, region, spacing)
+    out, record = harmonise_noise(hu, region, spacing)
+    noise, sigma = record.noise_hu, record.smoothed_mm
     whole = soft_tissue_noise(hu, region, spacing)
     assert whole is not None and noise == pytest.approx(whole, rel=0.03)
     assert sigma > 0.0

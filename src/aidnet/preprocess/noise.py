@@ -11,6 +11,8 @@ under the ceiling are left exactly as they are.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: The noise ceiling (HU): the top of the noise range the training phantom is rendered with
@@ -30,6 +32,31 @@ MIN_VOXELS = 200
 READ_SLICES = 32
 
 
+@dataclass(frozen=True)
+class Noise:
+    """What :func:`harmonise_noise` measured (``noise_hu``, None where too little soft tissue
+    was seen) and the in-plane Gaussian sigma it smoothed with (``smoothed_mm``, 0: none)."""
+
+    noise_hu: float | None
+    smoothed_mm: float
+
+    def to_dict(self) -> dict:
+        hu = None if self.noise_hu is None else round(self.noise_hu, 1)
+        return {"noise_hu": hu, "smoothed_mm": self.smoothed_mm}
+
+
+def local_mean_std(hu: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Box mean and standard deviation of ``hu`` over windows of ``size`` voxels (float32)."""
+    from scipy import ndimage
+
+    hu = np.asarray(hu, dtype=np.float32)
+    mean = ndimage.uniform_filter(hu, size=size)
+    square = ndimage.uniform_filter(hu * hu, size=size)
+    square -= mean * mean
+    np.maximum(square, 0.0, out=square)
+    return mean, np.sqrt(square, out=square)
+
+
 def _window(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
     """Odd in-plane window of about :data:`WINDOW_MM`, at least 3 pixels, one slice deep."""
     y, x = (max(3, 2 * int(round(WINDOW_MM / float(s) / 2)) + 1) for s in spacing[1:])
@@ -43,18 +70,13 @@ def soft_tissue_noise(
     median of the in-plane local standard deviation over the voxels whose local mean lies in
     :data:`SOFT_HU`. Edges between tissues are a minority there and the median ignores them.
     None when fewer than :data:`MIN_VOXELS` such voxels exist."""
-    from scipy import ndimage
-
-    hu = np.asarray(hu, dtype=np.float32)
     size = _window(spacing)
-    mean = ndimage.uniform_filter(hu, size=size)
-    square = ndimage.uniform_filter(hu * hu, size=size)
+    mean, std = local_mean_std(hu, size)
     soft = region & (mean >= SOFT_HU[0]) & (mean <= SOFT_HU[1])
     if int(soft.sum()) < MIN_VOXELS:
         return None
-    var = square[soft] - mean[soft] * mean[soft]
     n = size[1] * size[2]
-    return float(np.sqrt(max(float(np.median(var)), 0.0) * n / (n - 1)))
+    return float(np.sqrt(float(np.median(np.square(std[soft]))) * n / (n - 1)))
 
 
 def smooth_in_plane(
@@ -72,20 +94,22 @@ def harmonise_noise(
     region: np.ndarray,
     spacing: tuple[float, float, float],
     ceiling: float = NOISE_CEILING_HU,
-) -> tuple[np.ndarray, float | None, float]:
-    """(``hu`` or its smoothed copy, the noise measured before, the Gaussian sigma applied in mm).
+) -> tuple[np.ndarray, Noise]:
+    """(``hu`` or its smoothed copy, what was measured before and done: :class:`Noise`).
 
     Unchanged (sigma 0) when the noise is at most ``ceiling`` or cannot be measured; else
     smoothed in-plane with the narrowest sigma of :data:`SMOOTHING_MM` that brings the measured
     noise to the ceiling or under it (the widest when none does). Noise and smoothing are read
     on at most :data:`READ_SLICES` evenly spaced slices; the smoothing is applied to all."""
-    pick = np.unique(np.linspace(0, hu.shape[0] - 1, min(READ_SLICES, hu.shape[0])).round())
-    some, where = hu[pick.astype(int)], region[pick.astype(int)]
+    pick = np.unique(
+        np.linspace(0, hu.shape[0] - 1, min(READ_SLICES, hu.shape[0])).round().astype(int)
+    )
+    some, where = hu[pick], region[pick]
     noise = soft_tissue_noise(some, where, spacing)
     if noise is None or noise <= ceiling:
-        return hu, noise, 0.0
+        return hu, Noise(noise, 0.0)
     for sigma_mm in SMOOTHING_MM:
         after = soft_tissue_noise(smooth_in_plane(some, spacing, sigma_mm), where, spacing)
         if after is None or after <= ceiling:
             break
-    return smooth_in_plane(hu, spacing, sigma_mm), noise, sigma_mm
+    return smooth_in_plane(hu, spacing, sigma_mm), Noise(noise, sigma_mm)

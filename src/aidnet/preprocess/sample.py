@@ -15,7 +15,7 @@ from aidnet.lung.segment import check_finite
 from aidnet.preprocess.config import PreprocessConfig, as_config
 from aidnet.preprocess.contrast import check_unenhanced
 from aidnet.preprocess.geometry import CropGeometry
-from aidnet.preprocess.noise import harmonise_noise
+from aidnet.preprocess.noise import Noise, harmonise_noise
 from aidnet.preprocess.resample import resample_max, resample_mean
 
 HU_LOW, HU_HIGH, CALCIUM_HU = -200.0, 600.0, 130.0
@@ -37,18 +37,6 @@ class Sample:
     #: with ``noise_ceiling``: the soft tissue's noise (HU) as read, and the in-plane Gaussian
     #: sigma (mm) that brought it down (0: left as it was); None without the option
     noise: Noise | None = None
-
-
-@dataclass(frozen=True)
-class Noise:
-    """What :func:`aidnet.preprocess.noise.harmonise_noise` measured and did."""
-
-    noise_hu: float | None
-    smoothed_mm: float
-
-    def to_dict(self) -> dict:
-        hu = None if self.noise_hu is None else round(self.noise_hu, 1)
-        return {"noise_hu": hu, "smoothed_mm": self.smoothed_mm}
 
 
 def lung_box(
@@ -297,8 +285,7 @@ def _region_of_interest(
     hu = array[crop].astype(np.float32)
     noise = None
     if config.noise_ceiling:
-        hu, noise_hu, sigma_mm = harmonise_noise(hu, hull & ~crop_lungs, volume.spacing)
-        noise = Noise(noise_hu, sigma_mm)
+        hu, noise = harmonise_noise(hu, hull & ~crop_lungs, volume.spacing)
     ct, calcium = input_channels(
         hu,
         crop_lungs,
