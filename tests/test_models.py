@@ -185,19 +185,23 @@ def test_calcium_map_is_on_the_input_grid_and_zero_off_calcium():
     assert not torch.allclose(head(encoder(y), y[:, 1:]), out)
 
 
+@pytest.mark.parametrize("pool", ["sum", "sum_peak"])
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("name", ["aidnet", "idnet"])
-def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
+def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes, pool):
     """The calcium head's CAC log-odds rise with the map before GAP everywhere, whatever the
-    weights: so Grad-CAM's channel weights are all positive. The stage head has no such
-    property (its gradient takes both signs), which shows the check can fail."""
+    weights, with either evidence pool: so Grad-CAM's channel weights are all positive. The
+    stage head has no such property (its gradient takes both signs), which shows the check can
+    fail."""
     from aidnet.explain.gradcam import cac_score
 
     torch.manual_seed(0)
     x = _calcium_input(2, batch=4)
     heads = ("calcium", "gated", "stage") if name == "aidnet" else ("calcium", "stage")
     for head in heads:
-        model = build_model(name, num_classes=num_classes, features=(4, 8, 16), head=head)
+        model = build_model(
+            name, num_classes=num_classes, features=(4, 8, 16), head=head, evidence_pool=pool
+        )
         model.train()
         with torch.no_grad():  # random weights of both signs, BatchNorm statistics of real data
             for p in model.parameters():
@@ -208,9 +212,10 @@ def test_cac_log_odds_never_fall_as_the_calcium_map_grows(name, num_classes):
         (grad,) = torch.autograd.grad(cac_score(out.logits).sum(), out.features)
         if head != "stage":
             assert float(grad.min()) >= 0.0 and float(grad.max()) > 0.0
-            # and the gradient is the same at every voxel of a channel (GAP), as Grad-CAM's
-            # weights assume
-            assert torch.allclose(grad, grad[:, :, :1, :1, :1].expand_as(grad))
+            same = torch.allclose(grad, grad[:, :, :1, :1, :1].expand_as(grad))
+            # the sum's gradient is the same at every voxel of a channel (GAP); the peak adds
+            # to its largest voxel only
+            assert same == (pool == "sum")
         else:
             assert float(grad.min()) < 0.0 < float(grad.max())
 
@@ -293,3 +298,39 @@ def test_a_fainter_calcium_map_costs_cross_entropy_only_on_a_fixed_scale(mode):
         assert ratio == pytest.approx(1.0, abs=0.05)  # blind to the map's scale
     else:
         assert ratio > 2.0
+
+
+def test_the_peak_evidence_is_the_maps_largest_voxel_per_channel():
+    """``evidence_pool: sum_peak``: each channel gives the log of its sum and of its largest
+    voxel, so one strong voxel moves the logits where the same mass spread thinly would be
+    indistinguishable by the sum alone."""
+    from aidnet.models.base import FeatureMaps
+    from aidnet.models.heads import RisingClassifier
+
+    torch.manual_seed(0)
+    head = RisingClassifier(2, 3, peak=True)
+    with torch.no_grad():
+        head.weight.normal_()
+    head.eval()
+    pooled, peak = torch.rand(3, 2), torch.rand(3, 2) * 5
+    raw = torch.cat([torch.log1p(pooled * 100), torch.log1p(peak)], dim=1)
+    expected = torch.nn.functional.pad(
+        head.norm(raw) @ torch.nn.functional.softplus(head.weight).T, (1, 0)
+    )
+    assert torch.allclose(head(pooled, 100, None, peak), expected + head.bias, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the map's peak"):
+        head(pooled, 100)
+    # through the network: equal sums, one concentrated and one spread thinly
+    model = AIDNet(features=(4, 8, 16), evidence_pool="sum_peak").eval()
+    with torch.no_grad():
+        model.evidence.weight.fill_(1.0)
+    spread = torch.full((1, 8, *TINY), 1e-3)
+    spot = torch.zeros_like(spread)
+    spot[0, :, 3, 3, 3] = float(spread[0, 0].sum())
+    with torch.no_grad():
+        logits = [
+            model.forward_head(FeatureMaps(m, None, torch.zeros(1, 8))) for m in (spread, spot)
+        ]
+    assert float(logits[1][0, 1] - logits[0][0, 1]) > 0.5
+    with pytest.raises(ValueError, match="evidence_pool"):
+        AIDNet(evidence_pool="mean")

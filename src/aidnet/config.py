@@ -25,6 +25,9 @@ import yaml
 from aidnet.errors import AidnetError
 from aidnet.presets import DEFAULT_PRESET, PRESETS
 
+#: the calcium head's evidence per map channel (``Config.evidence_pool``, models/heads.py)
+EVIDENCE_POOLS = ("sum", "sum_peak")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -52,6 +55,10 @@ class Config:
     # BatchNorm), with running ones ("running", batch-independent) or with those of the first
     # batch for the whole run ("fixed": the map's scale counts; models/heads.py)
     evidence_norm: str = "batch"
+    # calcium head: the evidence each map channel gives the classifier — the log of its sum over
+    # the scan ("sum"), or that and the log of its largest voxel ("sum_peak": one small plaque
+    # is not drowned by faint evidence spread over much other calcium; models/heads.py)
+    evidence_pool: str = "sum"
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant (paper) or cosine (decays to 0 at the end)
     weight_decay: float = 0.0
@@ -133,6 +140,10 @@ class Config:
         if self.evidence_norm not in ("batch", "running", "fixed"):
             raise AidnetError(
                 f"evidence_norm must be batch, running or fixed, not {self.evidence_norm}"
+            )
+        if self.evidence_pool not in EVIDENCE_POOLS:
+            raise AidnetError(
+                f"evidence_pool must be {' or '.join(EVIDENCE_POOLS)}, not {self.evidence_pool}"
             )
         if self.head not in ("stage", "calcium", "gated"):
             raise AidnetError(f"head must be stage, calcium or gated, not {self.head}")

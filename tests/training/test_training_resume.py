@@ -109,6 +109,28 @@ def test_resume_refuses_the_checkpoint_of_another_model(cohort, cache, tmp_path)
         train(config, cohort, tmp_path / "a", cache_dir=cache, resume=True, progress=False)
 
 
+def test_the_evidence_pool_travels_in_the_checkpoint(cohort, cache, tmp_path):
+    """A ``sum_peak`` run's checkpoint rebuilds that classifier; a run of the other pool may not
+    resume from it (one clear line), and a spec saved before the option loads as ``sum``."""
+    from aidnet.training.checkpoint import build_from_checkpoint
+
+    peak = load_config("tiny", epochs=1, evidence_pool="sum_peak", **TINY)
+    train(peak, cohort, tmp_path / "peak", cache_dir=cache, progress=False)
+    state = load_checkpoint(tmp_path / "peak" / "best.pt")
+    assert state["model_spec"]["evidence_pool"] == "sum_peak"
+    assert build_from_checkpoint(state, tmp_path / "best.pt").evidence.peak
+    spec = dict(state["model_spec"], evidence_pool=None)
+    with pytest.raises(AidnetError, match="weights do not fit model aidnet"):
+        build_from_checkpoint(dict(state, model_spec=spec), tmp_path / "best.pt")
+    plain = load_config("tiny", epochs=1, **TINY)
+    train(plain, cohort, tmp_path / "plain", cache_dir=cache, progress=False)
+    (tmp_path / "plain" / "last.pt").write_bytes((tmp_path / "peak" / "last.pt").read_bytes())
+    with pytest.raises(AidnetError, match=r"evidence sum_peak, .*does not match"):
+        train(plain, cohort, tmp_path / "plain", cache_dir=cache, resume=True, progress=False)
+    with pytest.raises(AidnetError, match="evidence_pool must be sum or sum_peak, not max"):
+        load_config("tiny", evidence_pool="max")
+
+
 @pytest.mark.parametrize(
     ("flag", "expected"),
     [

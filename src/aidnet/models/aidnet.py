@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aidnet.config import EVIDENCE_POOLS
 from aidnet.models.base import CACNet, FeatureMaps, SingleOutput
 from aidnet.models.blocks import SoftAttentionGate3d
 from aidnet.models.encoder import Encoder3d
@@ -44,8 +45,9 @@ class AIDNet(CACNet):
     - ``"stage"``: the last stage map itself and an ordinary Linear layer; its grid is 8 times
       coarser than the input, so Grad-CAM marks a region of several centimetres.
 
-    ``evidence_norm`` (calcium head): the statistics that normalise the evidence in training,
-    see :class:`~aidnet.models.heads.RisingClassifier`.
+    ``evidence_norm`` (calcium head): the statistics that normalise the evidence in training;
+    ``evidence_pool``: ``"sum"`` (each map channel's sum) or ``"sum_peak"`` (its sum and its
+    largest voxel); see :class:`~aidnet.models.heads.RisingClassifier`.
     """
 
     siamese: bool = True
@@ -61,10 +63,15 @@ class AIDNet(CACNet):
         head: str = "calcium",
         map_channels: int = 8,
         evidence_norm: str = "batch",
+        evidence_pool: str = "sum",
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+        if evidence_pool not in EVIDENCE_POOLS:
+            raise ValueError(
+                f"evidence_pool must be one of {EVIDENCE_POOLS}, not {evidence_pool!r}"
+            )
         if head == "gated" and not attention:
             raise ValueError("the gated head needs the attention gate (AID-Net, not ID-Net)")
         features = tuple(int(f) for f in features)
@@ -87,7 +94,12 @@ class AIDNet(CACNet):
         if head in ("calcium", "gated"):
             self.calcium_map = CalciumMap3d(features, map_channels)
             self.evidence = RisingClassifier(
-                map_channels, num_classes, other, dropout, norm_mode=evidence_norm
+                map_channels,
+                num_classes,
+                other,
+                dropout,
+                norm_mode=evidence_norm,
+                peak=evidence_pool == "sum_peak",
             )
         else:
             self.dropout = nn.Dropout(dropout)
@@ -130,7 +142,8 @@ class AIDNet(CACNet):
         """The logits from the map before GAP, pooled, and the SAG's pooled features."""
         pooled = maps.map.mean(dim=(2, 3, 4))
         if self.evidence is not None:
-            return self.evidence(pooled, maps.map[0, 0].numel(), maps.local)
+            peak = maps.map.amax(dim=(2, 3, 4)) if self.evidence.peak else None
+            return self.evidence(pooled, maps.map[0, 0].numel(), maps.local, peak)
         parts = [pooled] if maps.local is None else [maps.local, pooled]
         return self.classifier(self.dropout(torch.cat(parts, dim=1)))
 

@@ -48,12 +48,17 @@ class CalciumMap3d(nn.Module):
 class RisingClassifier(nn.Module):
     """Logits whose CAC classes can only rise with the pooled calcium map.
 
-    ``forward(pooled, voxels, other)``: ``pooled`` the global average of the map (B×K, ≥ 0),
-    ``voxels`` the number of voxels it was averaged over, ``other`` further features (B×M, the
-    SAG's) or None. Each channel's evidence is ``log(1 + voxels · pooled)``, the log of its sum
+    ``forward(pooled, voxels, other, peak)``: ``pooled`` the global average of the map (B×K,
+    ≥ 0), ``voxels`` the number of voxels it was averaged over, ``other`` further features (B×M,
+    the SAG's) or None, ``peak`` the map's largest voxel per channel (B×K; needed with
+    ``peak=True``). Each channel's evidence is ``log(1 + voxels · pooled)``, the log of its sum
     over the scan (Agatston scores span four orders of magnitude, and one small plaque must
     count), normalised by BatchNorm without an affine part (a positive rescaling and a shift).
-    The logits of classes 1… are that evidence times positive weights (softplus), class 0 is
+    With ``peak=True`` each channel gives a second evidence, ``log(1 + peak)``: a sum is
+    dominated by faint evidence spread over much other calcium (aorta, valves, bone), which
+    can drown a small plaque; the largest voxel is not, and in CAC-negative scans its gradient
+    falls on the one spot that looks most like a plaque. Both rise with the map.
+    The logits of classes 1… are the evidence times positive weights (softplus), class 0 is
     the reference; ``other`` goes through an ordinary Linear layer onto every class.
 
     So the log-odds of CAC never fall when the map grows anywhere, and Grad-CAM's channel
@@ -82,14 +87,17 @@ class RisingClassifier(nn.Module):
         other_channels: int = 0,
         dropout: float = 0.0,
         norm_mode: str = "batch",
+        peak: bool = False,
     ) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(map_channels, affine=False)
-        self.weight = nn.Parameter(torch.zeros(num_classes - 1, map_channels))
+        evidence = map_channels * (2 if peak else 1)
+        self.norm = nn.BatchNorm1d(evidence, affine=False)
+        self.weight = nn.Parameter(torch.zeros(num_classes - 1, evidence))
         self.other = nn.Linear(other_channels, num_classes) if other_channels else None
         self.bias = None if other_channels else nn.Parameter(torch.zeros(num_classes))
         self.dropout = nn.Dropout(dropout)
         self.norm_mode = norm_mode
+        self.peak = peak
 
     def _normalise(self, raw: Tensor) -> Tensor:
         norm = self.norm
@@ -120,11 +128,20 @@ class RisingClassifier(nn.Module):
         return (raw - mean) / torch.sqrt(var + norm.eps)
 
     def parts(
-        self, pooled: Tensor, voxels: int, other: Tensor | None = None
+        self,
+        pooled: Tensor,
+        voxels: int,
+        other: Tensor | None = None,
+        peak: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The logits' two terms: the calcium evidence's (B×classes, class 0 zero) and the
         rest's (``other`` through its Linear layer, or the bias); :meth:`forward` adds them."""
-        evidence = self.dropout(self._normalise(torch.log1p(pooled * voxels)))
+        raw = torch.log1p(pooled * voxels)
+        if self.peak:
+            if peak is None:
+                raise ValueError("this classifier needs the map's peak")
+            raw = torch.cat([raw, torch.log1p(peak)], dim=1)
+        evidence = self.dropout(self._normalise(raw))
         from_map = F.pad(evidence @ F.softplus(self.weight).T, (1, 0))
         if self.other is not None:
             if other is None:
@@ -133,6 +150,12 @@ class RisingClassifier(nn.Module):
         assert self.bias is not None
         return from_map, self.bias[None]
 
-    def forward(self, pooled: Tensor, voxels: int, other: Tensor | None = None) -> Tensor:
-        from_map, rest = self.parts(pooled, voxels, other)
+    def forward(
+        self,
+        pooled: Tensor,
+        voxels: int,
+        other: Tensor | None = None,
+        peak: Tensor | None = None,
+    ) -> Tensor:
+        from_map, rest = self.parts(pooled, voxels, other, peak)
         return from_map + rest

@@ -32,13 +32,15 @@ def build_model(
     dropout: float = 0.0,
     head: str = "calcium",
     evidence_norm: str = "batch",
+    evidence_pool: str = "sum",
     **kw,
 ) -> CACNet:
     """Build a registered model by name (``aidnet``, ``idnet``, ``resnet101``, ``densenet121``).
 
     Every model declares its parts (:class:`~aidnet.models.base.CACNet`): ``siamese``,
     ``map_on_calcium``, ``forward_features`` / ``forward_head``, ``forward_single(x)`` and
-    ``forward(x1, x2=None)``; ``head`` and ``evidence_norm`` apply to AID-Net and ID-Net only.
+    ``forward(x1, x2=None)``; ``head``, ``evidence_norm`` and ``evidence_pool`` apply to AID-Net
+    and ID-Net only.
     Weights and inputs use the channels-last 3-D memory layout (same numbers, faster
     convolutions).
     """
@@ -47,6 +49,7 @@ def build_model(
     if name in HEADED:
         kw["head"] = head
         kw["evidence_norm"] = evidence_norm
+        kw["evidence_pool"] = evidence_pool
     model = MODELS[name](
         in_channels=in_channels,
         num_classes=num_classes,

@@ -107,6 +107,7 @@ def build_from_checkpoint(state: dict[str, Any], path: Path):
         features=tuple(spec["features"]),
         dropout=float(spec.get("dropout", 0.0)),
         head=str(spec.get("head") or "stage"),  # checkpoints from before the calcium head
+        evidence_pool=str(spec.get("evidence_pool") or "sum"),  # and before the peak
     )
     try:
         model.load_state_dict(state["model"])

@@ -122,6 +122,7 @@ def model_for(config: Config) -> CACNet:
         dropout=config.dropout,
         head=config.head,
         evidence_norm=config.evidence_norm,
+        evidence_pool=config.evidence_pool,
     )
 
 
@@ -134,6 +135,7 @@ def model_spec(config: Config) -> dict:
         "features": list(config.features),
         "dropout": config.dropout,
         "head": config.head if config.model in HEADED else None,
+        "evidence_pool": config.evidence_pool if config.model in HEADED else None,
         "input_size": list(config.input_size),
         "strategy": config.strategy,
         **{name: bool(getattr(config, name)) for name in LATER_OPTIONS},
@@ -152,11 +154,14 @@ def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
     saved = dict(state.get("model_spec") or {})
     if saved.get("name") in HEADED:
         saved["head"] = saved.get("head") or "stage"  # saved before the calcium head existed
-    keys = ("name", "head", "num_classes", "features", "input_size")
+        saved["evidence_pool"] = saved.get("evidence_pool") or "sum"  # and before the peak
+    keys = ("name", "head", "evidence_pool", "num_classes", "features", "input_size")
     if any(saved.get(k) != spec.get(k) for k in keys):
 
         def describe(s: dict) -> str:
             head = f", head {s.get('head')}" if s.get("head") else ""
+            if s.get("evidence_pool") not in (None, "sum"):
+                head += f", evidence {s.get('evidence_pool')}"
             return (
                 f"{s.get('name')!r} ({s.get('num_classes')} classes{head}, features "
                 f"{s.get('features')}, input {s.get('input_size')})"
