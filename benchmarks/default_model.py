@@ -127,15 +127,20 @@ def _evaluate(args: argparse.Namespace, manifest: Path, runs: list[Path], out: P
     from aidnet.pipeline import evaluate_run
     from benchmarks.real_scans import default_dest
 
-    metrics = evaluate_run(
-        runs if len(runs) > 1 else runs[0],
-        manifest,
-        out,
-        split="test",
-        cache_dir=args.out / "cache",
-        device=args.device,
-        workers=args.workers,
-    )
+    done = out / "metrics.json"
+    if done.exists() and all(done.stat().st_mtime > (r / "best.pt").stat().st_mtime for r in runs):
+        # a rerun after an interruption: this model's evaluation finished before it
+        metrics = json.loads(done.read_text())
+    else:
+        metrics = evaluate_run(
+            runs if len(runs) > 1 else runs[0],
+            manifest,
+            out,
+            split="test",
+            cache_dir=args.out / "cache",
+            device=args.device,
+            workers=args.workers,
+        )
     pointing = metrics.get("localisation", {}).get("gradcam", {})
     return {
         "test_auc": metrics.get("auc"),

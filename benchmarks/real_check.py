@@ -73,8 +73,7 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
     x = torch.from_numpy(sample.image[None]).to(trained.device)
     with torch.no_grad():
         maps = net.forward_features(x)
-        pooled = maps.map.mean(dim=(2, 3, 4))
-        from_map, rest = head.parts(pooled, maps.map[0, 0].numel(), maps.local)
+        from_map, rest = net.logit_parts(maps)
 
     def cac_log_odds(logits) -> float:
         return float(torch.logsumexp(logits[0, 1:], 0) - logits[0, 0])
@@ -83,7 +82,7 @@ def logit_parts(trained, path: Path) -> dict[str, float] | None:
         "total": round(cac_log_odds(from_map + rest), 3),
         "calcium_map": round(cac_log_odds(from_map), 3),
         "rest": round(cac_log_odds(rest), 3),
-        "map_sum": round(float(pooled.sum() * maps.map[0, 0].numel()), 2),
+        "map_sum": round(float(maps.map.sum()), 2),
     }
 
 

@@ -138,12 +138,21 @@ class AIDNet(CACNet):
             before_gap = maps[-1]
         return FeatureMaps(before_gap, attention_map, local)
 
+    def logit_parts(self, maps: FeatureMaps) -> tuple[Tensor, Tensor]:
+        """Calcium head: the logits' calcium-evidence term and the rest's (the SAG features'
+        or the bias), which :meth:`forward_head` adds."""
+        if self.evidence is None:
+            raise ValueError("only the calcium and gated heads split their logits")
+        pooled = maps.map.mean(dim=(2, 3, 4))
+        peak = maps.map.amax(dim=(2, 3, 4)) if self.evidence.peak else None
+        return self.evidence.parts(pooled, maps.map[0, 0].numel(), maps.local, peak)
+
     def forward_head(self, maps: FeatureMaps) -> Tensor:
         """The logits from the map before GAP, pooled, and the SAG's pooled features."""
-        pooled = maps.map.mean(dim=(2, 3, 4))
         if self.evidence is not None:
-            peak = maps.map.amax(dim=(2, 3, 4)) if self.evidence.peak else None
-            return self.evidence(pooled, maps.map[0, 0].numel(), maps.local, peak)
+            from_map, rest = self.logit_parts(maps)
+            return from_map + rest
+        pooled = maps.map.mean(dim=(2, 3, 4))
         parts = [pooled] if maps.local is None else [maps.local, pooled]
         return self.classifier(self.dropout(torch.cat(parts, dim=1)))
 

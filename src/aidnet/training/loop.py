@@ -151,10 +151,14 @@ def learning_rate(config: Config, epoch: int, scale: float = 1.0) -> float:
 
 
 def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
-    saved = dict(state.get("model_spec") or {})
-    if saved.get("name") in HEADED:
-        saved["head"] = saved.get("head") or "stage"  # saved before the calcium head existed
-        saved["evidence_pool"] = saved.get("evidence_pool") or "sum"  # and before the peak
+    def with_defaults(s: dict) -> dict:
+        s = dict(s)
+        if s.get("name") in HEADED:
+            s["head"] = s.get("head") or "stage"  # saved before the calcium head existed
+            s["evidence_pool"] = s.get("evidence_pool") or "sum"  # and before the peak
+        return s
+
+    saved, spec = with_defaults(state.get("model_spec") or {}), with_defaults(spec)
     keys = ("name", "head", "evidence_pool", "num_classes", "features", "input_size")
     if any(saved.get(k) != spec.get(k) for k in keys):
 
