@@ -93,6 +93,19 @@ def resolve_checkpoint(run_or_file: Path, which: str = "best") -> Path:
     return run_or_file
 
 
+def spec_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model description with what older versions did not write: an AID-Net or
+    ID-Net saved before the calcium head has the stage head, one saved before
+    ``evidence_pool`` the sum."""
+    from aidnet.models.registry import HEADED
+
+    spec = dict(spec)
+    if spec.get("name") in HEADED:
+        spec["head"] = spec.get("head") or "stage"
+        spec["evidence_pool"] = spec.get("evidence_pool") or "sum"
+    return spec
+
+
 def build_from_checkpoint(state: dict[str, Any], path: Path):
     """Instantiate the model a checkpoint was trained as and load its weights."""
     from aidnet.models.registry import build_model
@@ -100,14 +113,15 @@ def build_from_checkpoint(state: dict[str, Any], path: Path):
     spec = state.get("model_spec")
     if not isinstance(spec, dict) or "name" not in spec:
         raise AidnetError(f"{path}: checkpoint has no model description")
+    spec = spec_defaults(spec)
     model = build_model(
         spec["name"],
         in_channels=int(spec.get("in_channels", 2)),
         num_classes=int(spec["num_classes"]),
         features=tuple(spec["features"]),
         dropout=float(spec.get("dropout", 0.0)),
-        head=str(spec.get("head") or "stage"),  # checkpoints from before the calcium head
-        evidence_pool=str(spec.get("evidence_pool") or "sum"),  # and before the peak
+        # the head's options, for the models that have them
+        **{key: str(spec[key]) for key in ("head", "evidence_pool") if spec.get(key)},
     )
     try:
         model.load_state_dict(state["model"])

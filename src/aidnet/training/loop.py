@@ -28,7 +28,12 @@ from aidnet.models.registry import HEADED
 from aidnet.preprocess.config import LATER_OPTIONS, for_training
 from aidnet.training.average import WeightAverage
 from aidnet.training.batches import BatchList
-from aidnet.training.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
+from aidnet.training.checkpoint import (
+    cpu_weights,
+    load_checkpoint,
+    save_checkpoint,
+    spec_defaults,
+)
 from aidnet.training.distributed import Processes
 from aidnet.training.guard import Guard, GuardEvent
 from aidnet.training.logs import LOSS_PARTS
@@ -151,14 +156,7 @@ def learning_rate(config: Config, epoch: int, scale: float = 1.0) -> float:
 
 
 def _check_resumable(state: dict[str, Any], spec: dict, path: Path) -> None:
-    def with_defaults(s: dict) -> dict:
-        s = dict(s)
-        if s.get("name") in HEADED:
-            s["head"] = s.get("head") or "stage"  # saved before the calcium head existed
-            s["evidence_pool"] = s.get("evidence_pool") or "sum"  # and before the peak
-        return s
-
-    saved, spec = with_defaults(state.get("model_spec") or {}), with_defaults(spec)
+    saved, spec = spec_defaults(state.get("model_spec") or {}), spec_defaults(spec)
     keys = ("name", "head", "evidence_pool", "num_classes", "features", "input_size")
     if any(saved.get(k) != spec.get(k) for k in keys):
 
