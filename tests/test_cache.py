@@ -117,6 +117,21 @@ def test_cache_file_problem_names_an_unusable_file(tmp_path, how):
         load_cached(path)
 
 
+def test_cache_file_keeps_the_noise_reading_and_older_files_have_none(tmp_path):
+    from aidnet.data.cache_file import cached_noise
+
+    image = np.zeros((2, *SIZE), np.float32)
+    path = tmp_path / "P1_scan-0123.npz"
+    save_cached(path, image, {"crop_box": [0, 1]}, {}, {"noise_hu": 78.5, "smoothed_mm": 1.0})
+    assert load_cached(path).noise == {"noise_hu": 78.5, "smoothed_mm": 1.0}
+    assert cached_noise(path) == {"noise_hu": 78.5, "smoothed_mm": 1.0}
+    save_cached(path, image, {"crop_box": [0, 1]})  # a model without the noise ceiling
+    assert load_cached(path).noise is None and cached_noise(path) is None
+    np.savez(path, image=image, geometry="{}", config="{}")  # written before readings were kept
+    assert cache_file_problem(path) is None
+    assert load_cached(path).noise is None and cached_noise(path) is None
+
+
 def test_cache_file_without_its_image_is_a_problem(tmp_path):
     path = tmp_path / "P1_scan-0123.npz"
     np.savez(path, geometry="{}")

@@ -313,6 +313,49 @@ def test_preprocess_skips_bad_scans_and_caches_the_rest(phantom_cohort, tmp_path
     assert cache_listing(cache / "qc") == ["P0001_rescan.png", "P0001_scan.png"]
 
 
+def test_preprocess_reports_the_noise_ceilings_reading_per_scan(phantom_cohort, tmp_path):
+    """With a preset that has the noise ceiling, ``preprocess`` writes each scan's soft-tissue
+    noise reading and smoothing to OUT/noise.csv and says how many scans it smoothed; a scan
+    with a sharp kernel's noise is read as noisier and smoothed, the phantom's are not."""
+    import csv
+
+    from aidnet.data.manifest import read_manifest
+    from aidnet.io.read import read_volume
+
+    records = read_manifest(phantom_cohort)[:2]
+    volume = read_volume(records[0].path)
+    noise = np.random.default_rng(0).normal(0.0, 90.0, volume.array.shape)
+    noisy = write_nifti(
+        (volume.array + noise).astype(np.int16), volume.affine, tmp_path / "noisy.nii.gz"
+    )
+    rows = ["subject,visit,path,agatston"]
+    rows += [f"{r.subject},{r.visit},{r.path},{r.agatston}" for r in records]
+    rows.append(f"N1,scan,{noisy},0")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    preset = tmp_path / "ceiling.yaml"
+    preset.write_text("preset: tiny\nnoise_ceiling: true\n")
+    cache = tmp_path / "cache"
+    result = run("preprocess", manifest, "--out", cache, "--preset", preset)
+    assert result.exit_code == 0, result.output
+    assert "soft-tissue noise read on 3 of 3 scans" in result.stdout
+    assert f"1 smoothed in-plane down to the ceiling; per scan: {cache / 'noise.csv'}" in (
+        result.stdout
+    )
+    with (cache / "noise.csv").open() as fh:
+        table = {(r["subject"], r["visit"]): r for r in csv.DictReader(fh)}
+    assert list(table) == [(r.subject, r.visit) for r in records] + [("N1", "scan")]
+    for record in records:
+        row = table[(record.subject, record.visit)]
+        assert float(row["noise_hu"]) < 35.0 and float(row["smoothed_mm"]) == 0.0
+    assert float(table[("N1", "scan")]["noise_hu"]) > 60.0
+    assert float(table[("N1", "scan")]["smoothed_mm"]) > 0.0
+    # without the ceiling there is no reading to report
+    plain = run("preprocess", manifest, "--out", tmp_path / "plain", "--preset", "tiny")
+    assert plain.exit_code == 0 and "noise" not in plain.stdout
+    assert not (tmp_path / "plain" / "noise.csv").exists()
+
+
 @pytest.mark.slow
 def test_preprocess_resumes_after_sigkill(phantom_cohort, tmp_path):
     import os

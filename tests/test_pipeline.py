@@ -128,6 +128,7 @@ def test_evaluate_writes_the_design_outputs(run, cohort, tmp_path):
         "label",
     ]
     assert len(rows) == 24
+    assert "noise_hu" not in header  # the model reads scans without the noise ceiling
     for r in rows:
         probs = [float(r[f"p_class{i}"]) for i in range(3)]
         assert sum(probs) == pytest.approx(1, abs=1e-4)
@@ -365,6 +366,22 @@ def test_evaluate_of_a_run_reuses_its_training_cache(run, cohort, tmp_path, no_p
     assert cache_state(run / "cache") == before
     for out in ("a", "b", "maps"):
         assert not (tmp_path / out / "cache").exists()
+
+
+def test_evaluate_gives_each_scans_noise_reading_for_a_model_with_the_noise_ceiling(
+    cohort, tmp_path
+):
+    out = tmp_path / "run"
+    config = load_config(
+        "tiny", epochs=1, val_fraction=0.25, test_fraction=0.25, noise_ceiling=True
+    )
+    train(config, cohort, out, progress=False)
+    evaluate_run(out, cohort, tmp_path / "eval", split="test", n_boot=0, localise=False)
+    rows = predictions(tmp_path / "eval")
+    assert rows
+    for row in rows.values():  # the phantom is rendered under the ceiling: read, not smoothed
+        assert 0.0 < float(row["noise_hu"]) < 35.0, row
+        assert float(row["smoothed_mm"]) == 0.0, row
 
 
 def test_evaluate_finds_the_cache_training_was_given(run, cohort, tmp_path, monkeypatch):

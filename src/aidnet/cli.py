@@ -165,7 +165,7 @@ def preprocess(
 ) -> None:
     """Preprocess every scan of a manifest into the cache (resumable; failures are skipped)."""
     from aidnet.config import load_config
-    from aidnet.data.cache import preprocess_cohort
+    from aidnet.data.cache import preprocess_cohort, write_noise_table
     from aidnet.data.manifest import read_manifest
     from aidnet.preprocess.config import for_training
 
@@ -179,6 +179,8 @@ def preprocess(
         f"{len(result.done)} of {len(records)} scans preprocessed into {out} "
         f"({result.reused} reused, {len(failures)} failed)"
     )
+    if config.noise_ceiling and result.done:
+        echo(write_noise_table(records, result, out))
     if failures:
         raise AidnetError(f"{len(failures)} scan(s) failed; see the lines above")
 

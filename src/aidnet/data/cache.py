@@ -20,6 +20,7 @@ from pathlib import Path
 from aidnet.data.cache_file import (
     CachedScan,
     cache_file_problem,
+    cached_noise,
     load_cached,
     remove_stale_temps,
     save_cached,
@@ -41,9 +42,12 @@ __all__ = [
     "remove_stale_temps",
     "save_cached",
     "temp_suffix",
+    "write_noise_table",
 ]
 
 QC_FOLDER = "qc"
+#: the noise ceiling's reading of each scan, beside the cache files (see write_noise_table)
+NOISE_TABLE = "noise.csv"
 
 
 @dataclass
@@ -144,6 +148,34 @@ def preprocess_cohort(
         remove_stale_temps(cache_dir / QC_FOLDER)
     done = {k: p for k, p in targets.items() if k not in failures and p.exists()}
     return CohortResult(done, failures, reused)
+
+
+def write_noise_table(records: Iterable[ScanRecord], result: CohortResult, cache_dir: Path) -> str:
+    """``cache_dir/noise.csv`` (written atomically): ``subject, visit, noise_hu, smoothed_mm``
+    of every preprocessed scan, as the noise ceiling read it (blank: no reading — too little
+    soft tissue seen, or a file cached before readings were kept). Returns a one-line summary."""
+    import csv
+
+    from aidnet.atomic import atomic_path
+
+    rows = []
+    for record in records:
+        if record.key in result.done:
+            noise = cached_noise(result.done[record.key]) or {}
+            hu, mm = noise.get("noise_hu"), noise.get("smoothed_mm")
+            rows.append((record.subject, record.visit, "" if hu is None else hu, mm or 0.0))
+    path = Path(cache_dir) / NOISE_TABLE
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["subject", "visit", "noise_hu", "smoothed_mm"])
+        writer.writerows(rows)
+    read = [float(r[2]) for r in rows if r[2] != ""]
+    smoothed = [r for r in rows if r[3]]
+    text = f"soft-tissue noise read on {len(read)} of {len(rows)} scans"
+    if read:
+        text += f" ({min(read):.1f}–{max(read):.1f} HU)"
+    text += f"; {len(smoothed)} smoothed in-plane down to the ceiling; per scan: {path}"
+    return text
 
 
 def _lost(job: Job, exc: BaseException) -> tuple[str, str | None]:

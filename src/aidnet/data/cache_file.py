@@ -23,6 +23,8 @@ class CachedScan:
     image: np.ndarray  # (2, Z, Y, X) float32
     geometry: dict
     config: dict = field(default_factory=dict)  # PreprocessConfig.to_dict() that made it
+    # Noise.to_dict() where the noise ceiling read the scan; None without it or in older files
+    noise: dict | None = None
 
 
 def temp_suffix(suffix: str) -> str:
@@ -54,13 +56,20 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
-def save_cached(path: Path, image: np.ndarray, geometry: dict, config: dict | None = None) -> None:
+def save_cached(
+    path: Path,
+    image: np.ndarray,
+    geometry: dict,
+    config: dict | None = None,
+    noise: dict | None = None,
+) -> None:
     with atomic_path(path, suffix=temp_suffix(".npz")) as tmp, tmp.open("wb") as fh:
         np.savez(
             fh,
             image=image.astype(np.float32),
             geometry=json.dumps(geometry),
             config=json.dumps(config or {}),
+            noise=json.dumps(noise),
         )
 
 
@@ -69,8 +78,27 @@ def load_cached(path: Path) -> CachedScan:
         with np.load(path) as data:
             config = json.loads(str(data["config"])) if "config" in data.files else {}
             return CachedScan(
-                image=data["image"], geometry=json.loads(str(data["geometry"])), config=config
+                image=data["image"],
+                geometry=json.loads(str(data["geometry"])),
+                config=config,
+                noise=_noise(data),
             )
+    except Exception as exc:
+        raise AidnetError(f"{path}: unreadable cache file ({exc}); delete it and re-run") from None
+
+
+def _noise(data) -> dict | None:
+    if "noise" not in data.files:
+        return None
+    noise = json.loads(str(data["noise"]))
+    return noise if isinstance(noise, dict) else None
+
+
+def cached_noise(path: Path) -> dict | None:
+    """The noise reading a cache file holds (see :class:`CachedScan`), reading no image data."""
+    try:
+        with np.load(path) as data:
+            return _noise(data)
     except Exception as exc:
         raise AidnetError(f"{path}: unreadable cache file ({exc}); delete it and re-run") from None
 

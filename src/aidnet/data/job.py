@@ -36,7 +36,10 @@ def do_job(job: Job) -> None:
     if job.build:
         sample = preprocess_volume(volume, job.config, lungs=lungs)
         box = sample.geometry.crop_box
-        save_cached(job.target, sample.image, sample.geometry.to_dict(), job.config.to_dict())
+        noise = None if sample.noise is None else sample.noise.to_dict()
+        save_cached(
+            job.target, sample.image, sample.geometry.to_dict(), job.config.to_dict(), noise
+        )
     else:
         box = tuple(load_cached(job.target).geometry["crop_box"])
     if job.qc is not None and lungs is not None:

@@ -33,6 +33,19 @@ def class_columns(probs: Sequence[float] | np.ndarray) -> dict[str, Any]:
     }
 
 
+#: columns of a model read with the noise ceiling: the reading and the smoothing (Noise.to_dict)
+NOISE_COLUMNS = ("noise_hu", "smoothed_mm")
+
+
+def noise_columns(cache: Path) -> dict[str, Any]:
+    """``noise_hu`` and ``smoothed_mm`` of one scan as its cache file holds them; blank where
+    the file has no reading (written before it kept one, or too little soft tissue seen)."""
+    from aidnet.data.cache_file import cached_noise
+
+    noise = cached_noise(cache) or {}
+    return {k: "" if noise.get(k) is None else noise[k] for k in NOISE_COLUMNS}
+
+
 def _atomic_text(path: Path, write) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         write(fh)

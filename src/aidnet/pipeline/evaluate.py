@@ -65,6 +65,7 @@ def evaluate_run(
     from aidnet.evaluation.plots import plot_confusion, plot_roc
     from aidnet.evaluation.predictions import (
         class_columns,
+        noise_columns,
         write_metrics_json,
         write_predictions_csv,
     )
@@ -116,6 +117,7 @@ def evaluate_run(
                 "visit": item.record.visit,
                 **class_columns(p),
                 "label": "" if label is None else int(label),
+                **(noise_columns(item.cache) if trained.preprocess.noise_ceiling else {}),
                 **item.record.extras,
             }
         )
