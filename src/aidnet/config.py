@@ -93,6 +93,9 @@ class Config:
     # with augment: scanner variation on the CT channel — a random HU offset and gain, noise and
     # a blur along z (thicker slices); never a left-right flip (data/augment.py)
     augment_intensity: bool = False
+    # with augment: posture — a small in-plane rotation and scale of both channels, the
+    # calcium candidates moved voxel by voxel so none is lost (data/augment.py)
+    augment_posture: bool = False
     num_workers: int = 0  # DataLoader worker processes
     amp: bool = True  # mixed precision on GPUs (bfloat16 where supported, else float16)
     # bfloat16 autocast on CPUs too (training and validation): about twice as fast where the CPU

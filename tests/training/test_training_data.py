@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from training_helpers import TINY, assert_same_weights, weights
 
 from aidnet.config import load_config
@@ -58,3 +59,33 @@ def test_augmentation_shifts_but_never_mirrors(tmp_path):
             assert abs(z - 4) <= 2 and abs(y - 5) <= 2 and abs(x - 9) <= 2
             moves.add((z - 4, y - 5, x - 9))
     assert len(moves) > 10  # it does move
+
+
+def test_posture_augmentation_keeps_the_marker_and_repeats_for_the_same_epoch(tmp_path):
+    """With posture and scanner variation on, a one-voxel calcium marker is never lost nor
+    mirrored, and an epoch's pair is the same when drawn again (what exact resume needs)."""
+    from aidnet.data.cache import save_cached
+    from aidnet.data.datasets import Item, PairDataset
+    from aidnet.data.manifest import ScanRecord
+
+    image = np.zeros((2, 8, 20, 24), np.float32)
+    image[0, :, 4:16, 4:20] = 0.3
+    image[0, 4, 10, 16] = image[1, 4, 10, 16] = 0.8  # on the patient's left (high X)
+    items = []
+    for visit in ("scan", "rescan"):
+        path = tmp_path / f"{visit}.npz"
+        save_cached(path, image, {})
+        items.append(Item(ScanRecord("s", visit, path, 0.0, {}), path))
+    kw = {"max_shift": 2, "seed": 0, "intensity": True}
+    dataset = PairDataset([(items[0], items[1])], 3, posture=True, **kw)
+    plain = PairDataset([(items[0], items[1])], 3, **kw)
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        first, again = dataset[0], dataset[0]
+        assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2], strict=True))
+        assert not torch.equal(first[0], plain[0][0])
+        for scan in first[:2]:
+            where = np.argwhere(scan[1].numpy() > 0)
+            assert len(where) == 1 and float(scan[1].max()) == pytest.approx(0.8)
+            assert where[0][2] > 12  # still on the left

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from aidnet.data.augment import scanner_variation
+from aidnet.data.augment import posture_variation, scanner_variation
 from aidnet.data.cache import load_cached
 from aidnet.data.manifest import ScanRecord
 
@@ -58,11 +58,17 @@ def shift(image: torch.Tensor, offsets: tuple[int, int, int]) -> torch.Tensor:
 
 class _Base(Dataset):
     def __init__(
-        self, num_classes: int, max_shift: int = 0, seed: int = 0, intensity: bool = False
+        self,
+        num_classes: int,
+        max_shift: int = 0,
+        seed: int = 0,
+        intensity: bool = False,
+        posture: bool = False,
     ):
         self.num_classes = num_classes
         self.max_shift = max_shift
         self.intensity = intensity
+        self.posture = posture
         self.seed = seed
         self.epoch = 0
 
@@ -81,12 +87,14 @@ class _Base(Dataset):
         if rng is not None and self.max_shift > 0:
             offsets = rng.integers(-self.max_shift, self.max_shift + 1, size=3)
             image = shift(image, (int(offsets[0]), int(offsets[1]), int(offsets[2])))
+        if rng is not None and self.posture:
+            image = posture_variation(image, rng)
         if rng is not None and self.intensity:
             image = scanner_variation(image, rng)
         return image
 
     def _rng(self, epoch: int, index: int) -> np.random.Generator | None:
-        if self.max_shift <= 0 and not self.intensity:
+        if self.max_shift <= 0 and not self.intensity and not self.posture:
             return None
         return np.random.default_rng([self.seed, epoch, index])
 

@@ -420,9 +420,15 @@ class Trainer:
         config, items = self.config, self.data.items["train"]
         shift = config.max_shift if config.augment else 0
         intensity = config.augment and config.augment_intensity
+        posture = config.augment and config.augment_posture
         if not self.siamese:
             return ScanDataset(
-                items, config.num_classes, max_shift=shift, seed=config.seed, intensity=intensity
+                items,
+                config.num_classes,
+                max_shift=shift,
+                seed=config.seed,
+                intensity=intensity,
+                posture=posture,
             )
         pairs = make_pairs(items)
         if not pairs:
@@ -430,7 +436,12 @@ class Trainer:
                 f"{self.manifest}: no training subject has two labelled scans to pair"
             )
         return PairDataset(
-            pairs, config.num_classes, max_shift=shift, seed=config.seed, intensity=intensity
+            pairs,
+            config.num_classes,
+            max_shift=shift,
+            seed=config.seed,
+            intensity=intensity,
+            posture=posture,
         )
 
     def _loader(self) -> DataLoader:
