@@ -418,30 +418,21 @@ class Trainer:
     def _train_set(self) -> PairDataset | ScanDataset:
         """The training split as scan–rescan pairs (Siamese models) or single scans."""
         config, items = self.config, self.data.items["train"]
-        shift = config.max_shift if config.augment else 0
-        intensity = config.augment and config.augment_intensity
-        posture = config.augment and config.augment_posture
-        if not self.siamese:
-            return ScanDataset(
-                items,
-                config.num_classes,
-                max_shift=shift,
-                seed=config.seed,
-                intensity=intensity,
-                posture=posture,
-            )
-        pairs = make_pairs(items)
-        if not pairs:
-            raise AidnetError(
-                f"{self.manifest}: no training subject has two labelled scans to pair"
-            )
-        return PairDataset(
-            pairs,
+        make: type[PairDataset] | type[ScanDataset] = ScanDataset
+        data: list = items
+        if self.siamese:
+            make, data = PairDataset, make_pairs(items)
+            if not data:
+                raise AidnetError(
+                    f"{self.manifest}: no training subject has two labelled scans to pair"
+                )
+        return make(
+            data,
             config.num_classes,
-            max_shift=shift,
+            max_shift=config.max_shift if config.augment else 0,
             seed=config.seed,
-            intensity=intensity,
-            posture=posture,
+            intensity=config.augment and config.augment_intensity,
+            posture=config.augment and config.augment_posture,
         )
 
     def _loader(self) -> DataLoader:
