@@ -1,5 +1,6 @@
 """The preprocessed-scan cache: keys, reuse, atomic files, failure lines, the pool, QC images."""
 
+import json
 import os
 from pathlib import Path
 
@@ -53,6 +54,61 @@ def test_cache_files_hold_input_geometry_and_config(cohort, tmp_path):
         assert cached.config == config.to_dict()
         assert cached.geometry["network_shape"] == list(SIZE)
     assert listing(tmp_path) == sorted(p.name for p in result.done.values())
+
+
+@pytest.mark.parametrize("options", [{}, {"dim_wall_bone": True, "calcium_density": True}])
+def test_cache_files_keep_the_calcium_candidates_heat_maps_use(cohort, tmp_path, options):
+    """The candidates a cache file keeps are those ``calcium_candidates`` recomputes from the
+    scan, so heat maps of a cached scan need not segment it again."""
+    from aidnet.explain.maps import scan_calcium
+    from aidnet.io.read import read_volume
+    from aidnet.preprocess import calcium_candidates
+    from aidnet.preprocess.geometry import CropGeometry
+
+    records = read_manifest(cohort)
+    config = PreprocessConfig(size=SIZE, **options)
+    result = preprocess_cohort(records, tmp_path, config, progress=False)
+    for record in records:
+        cached = load_cached(result.done[record.key])
+        volume = read_volume(record.path)
+        expected = calcium_candidates(volume, config)
+        assert expected.any() and cached.calcium is not None
+        kept = cached.calcium_mask()
+        assert kept is not None and np.array_equal(kept, expected)
+        geometry = CropGeometry.from_dict(cached.geometry)
+        assert np.array_equal(scan_calcium(cached, geometry, None), expected)
+
+
+def test_cache_file_from_before_the_candidates_recomputes_them(cohort, tmp_path):
+    from aidnet.explain.maps import scan_calcium
+    from aidnet.io.read import read_volume
+    from aidnet.preprocess import calcium_candidates
+    from aidnet.preprocess.geometry import CropGeometry
+
+    record = read_manifest(cohort)[0]
+    config = PreprocessConfig(size=SIZE)
+    path = preprocess_cohort([record], tmp_path, config, progress=False).done[record.key]
+    cached = load_cached(path)
+    save_cached(path, cached.image, cached.geometry, cached.config)  # as older files were
+    older = load_cached(path)
+    assert older.calcium is None and older.calcium_mask() is None
+    geometry = CropGeometry.from_dict(older.geometry)
+    volume = read_volume(record.path)
+    assert np.array_equal(scan_calcium(older, geometry, volume), calcium_candidates(volume, config))
+    with pytest.raises(ValueError, match="the scan is needed"):
+        scan_calcium(older, geometry, None)
+
+
+def test_cache_file_whose_candidates_do_not_fit_its_crop_is_unreadable(tmp_path):
+    path = tmp_path / "P1_scan-0123.npz"
+    geometry = {"crop_box": [0, 2, 0, 3, 0, 4], "original_shape": [2, 3, 4]}
+    calcium = np.zeros((2, 3, 4), dtype=bool)
+    calcium[1, 2, 3] = True
+    save_cached(path, np.zeros((2, *SIZE), np.float32), geometry, calcium=calcium)
+    assert load_cached(path).calcium.tolist() == [23]
+    np.savez(path, image=np.zeros((2, *SIZE)), geometry=json.dumps(geometry), calcium=[24])
+    with pytest.raises(AidnetError, match=f"{path}: unreadable cache file .*crop box"):
+        load_cached(path)
 
 
 def test_rerun_reuses_and_changed_config_does_not(cohort, tmp_path):

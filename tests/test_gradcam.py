@@ -233,3 +233,27 @@ def test_gradcam_leaves_the_model_as_it_found_it():
     model = LinearHeadNet(**THREE_CLASS).train()
     grad_cam(model, features())
     assert model.training and model.gain.grad is None
+
+
+def test_feature_grid_runs_the_network_once_per_input_shape():
+    from aidnet.explain.gradcam import feature_grid
+
+    class Pooled(nn.Module):
+        """Features on a grid half the input's; counts its forward passes."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward_single(self, x):
+            self.calls += 1
+            features = F.avg_pool3d(x, 2)
+            return Out(features.mean(dim=(2, 3, 4)), features, None)
+
+    model = Pooled().train()
+    assert feature_grid(model, torch.zeros(1, 2, 4, 6, 8)) == (2, 3, 4)
+    assert feature_grid(model, torch.ones(1, 2, 4, 6, 8)) == (2, 3, 4)
+    assert model.calls == 1 and model.training
+    assert feature_grid(model, torch.zeros(1, 2, 8, 6, 4)) == (4, 3, 2)
+    assert model.calls == 2
+    assert feature_grid(Pooled(), torch.zeros(1, 2, 4, 6, 8)) == (2, 3, 4)  # per model

@@ -445,3 +445,26 @@ def test_summary_gives_the_best_cell_rate_only_when_every_scan_has_it():
     with_cell = [replace(score, best_cell_hit=b) for b in (True, False, False, True)]
     assert summarise(with_cell)["pointing_hit_rate_best_cell"] == 0.5
     assert "pointing_hit_rate_best_cell" not in summarise([score, *with_cell])
+
+
+def test_best_cell_hit_agrees_with_every_grid_point_measured():
+    """The per-axis nearest index gives the same answer as measuring every point of the grid."""
+    from aidnet.explain.localisation import best_cell_hit
+
+    rng = np.random.default_rng(3)
+    agreed = {True: 0, False: 0}
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(6, 30, size=3))
+        labels = np.zeros(shape, dtype=np.int16)
+        for _ in range(int(rng.integers(1, 4))):
+            labels[tuple(int(rng.integers(n)) for n in shape)] = 1
+        labels[tuple(int(rng.integers(n)) for n in shape)] = 2
+        axes = [np.unique(rng.integers(0, n, size=int(rng.integers(1, 4)))) for n in shape]
+        spacing = tuple(float(s) for s in rng.uniform(0.5, 3.0, size=3))
+        points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        coronary = np.argwhere(labels == 1)
+        gaps = (points[:, None, :] - coronary[None]) * np.asarray(spacing)
+        expected = bool(np.sqrt((gaps**2).sum(axis=-1)).min() <= 5.0)
+        assert best_cell_hit(axes, labels, spacing) == expected
+        agreed[expected] += 1
+    assert min(agreed.values()) > 20  # both answers were tried

@@ -25,6 +25,21 @@ class CachedScan:
     config: dict = field(default_factory=dict)  # PreprocessConfig.to_dict() that made it
     # Noise.to_dict() where the noise ceiling read the scan; None without it or in older files
     noise: dict | None = None
+    # the calcium candidates on the crop grid (Sample.calcium) as flat C-order indices into the
+    # crop box, so heat maps need not segment the scan again; None in older files
+    calcium: np.ndarray | None = None
+
+    def calcium_mask(self) -> np.ndarray | None:
+        """The calcium candidates on the scan's whole (canonical) grid, bool; None when the
+        file predates them."""
+        if self.calcium is None:
+            return None
+        z0, z1, y0, y1, x0, x1 = (int(v) for v in self.geometry["crop_box"])
+        crop = np.zeros((z1 - z0) * (y1 - y0) * (x1 - x0), dtype=bool)
+        crop[self.calcium] = True
+        out = np.zeros(tuple(int(n) for n in self.geometry["original_shape"]), dtype=bool)
+        out[z0:z1, y0:y1, x0:x1] = crop.reshape(z1 - z0, y1 - y0, x1 - x0)
+        return out
 
 
 def temp_suffix(suffix: str) -> str:
@@ -62,29 +77,47 @@ def save_cached(
     geometry: dict,
     config: dict | None = None,
     noise: dict | None = None,
+    calcium: np.ndarray | None = None,
 ) -> None:
+    """Write one cache file; ``calcium``, where given, is the crop-grid candidate mask
+    (``Sample.calcium``), kept as the flat indices of its voxels."""
+    arrays: dict[str, object] = {
+        "image": image.astype(np.float32),
+        "geometry": json.dumps(geometry),
+        "config": json.dumps(config or {}),
+        "noise": json.dumps(noise),
+    }
+    if calcium is not None:
+        flat = np.flatnonzero(np.asarray(calcium, dtype=bool))
+        arrays["calcium"] = flat.astype(np.int32 if calcium.size < 2**31 else np.int64)
     with atomic_path(path, suffix=temp_suffix(".npz")) as tmp, tmp.open("wb") as fh:
-        np.savez(
-            fh,
-            image=image.astype(np.float32),
-            geometry=json.dumps(geometry),
-            config=json.dumps(config or {}),
-            noise=json.dumps(noise),
-        )
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def load_cached(path: Path) -> CachedScan:
     try:
         with np.load(path) as data:
             config = json.loads(str(data["config"])) if "config" in data.files else {}
+            geometry = json.loads(str(data["geometry"]))
+            calcium = data["calcium"] if "calcium" in data.files else None
+            if calcium is not None:
+                _check_calcium(calcium, geometry)
             return CachedScan(
                 image=data["image"],
-                geometry=json.loads(str(data["geometry"])),
+                geometry=geometry,
                 config=config,
                 noise=_noise(data),
+                calcium=calcium,
             )
     except Exception as exc:
         raise AidnetError(f"{path}: unreadable cache file ({exc}); delete it and re-run") from None
+
+
+def _check_calcium(calcium: np.ndarray, geometry: dict) -> None:
+    z0, z1, y0, y1, x0, x1 = (int(v) for v in geometry["crop_box"])
+    size = (z1 - z0) * (y1 - y0) * (x1 - x0)
+    if calcium.ndim != 1 or (calcium.size and (calcium.min() < 0 or calcium.max() >= size)):
+        raise ValueError("its calcium candidates do not fit its crop box")
 
 
 def _noise(data) -> dict | None:

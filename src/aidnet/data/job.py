@@ -38,7 +38,12 @@ def do_job(job: Job) -> None:
         box = sample.geometry.crop_box
         noise = None if sample.noise is None else sample.noise.to_dict()
         save_cached(
-            job.target, sample.image, sample.geometry.to_dict(), job.config.to_dict(), noise
+            job.target,
+            sample.image,
+            sample.geometry.to_dict(),
+            job.config.to_dict(),
+            noise,
+            calcium=sample.calcium,
         )
     else:
         box = tuple(load_cached(job.target).geometry["crop_box"])

@@ -18,6 +18,7 @@ a constant map becomes all zero.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,13 @@ from aidnet.preprocess.sample import CALCIUM_HU, HU_HIGH, HU_LOW
 def normalise(cam: torch.Tensor | np.ndarray) -> np.ndarray:
     """Min–max to [0, 1], float32 (high stays high); a flat or non-finite map becomes zeros."""
     cam = torch.as_tensor(cam).detach().float()
-    low, high = float(cam.min()), float(cam.max())
+    if cam.numel() == 0:
+        return np.zeros(cam.shape, dtype=np.float32)
+    low_t, high_t = torch.aminmax(cam)  # one pass over a full-resolution map
+    low, high = float(low_t), float(high_t)
     if not np.isfinite(high) or high - low <= 1e-12:
         return np.zeros(cam.shape, dtype=np.float32)
-    return ((cam - low) / (high - low)).cpu().numpy().astype(np.float32)
+    return (cam - low).div_(high - low).cpu().numpy()
 
 
 def cac_score(logits: torch.Tensor) -> torch.Tensor:
@@ -110,18 +114,30 @@ def network_maps(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
     return maps
 
 
+#: Grad-CAM's grid per model and input shape: it depends on nothing else, so one forward pass
+#: serves every scan of an evaluation
+_GRIDS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], tuple[int, int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def feature_grid(model: Any, x: torch.Tensor) -> tuple[int, int, int]:
     """The grid of Grad-CAM's cells (the feature map before global average pooling) for the
-    network input ``x`` (1×C×Z×Y×X): one forward pass in eval mode, no gradient."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            features = model.forward_single(x).features
-    finally:
-        model.train(was_training)
-    nz, ny, nx = (int(n) for n in features.shape[2:])
-    return nz, ny, nx
+    network input ``x`` (1×C×Z×Y×X): one forward pass in eval mode, no gradient, the first time
+    a model meets an input of this shape."""
+    known = _GRIDS.setdefault(model, {})
+    shape = tuple(int(n) for n in x.shape[1:])
+    if shape not in known:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                features = model.forward_single(x).features
+        finally:
+            model.train(was_training)
+        nz, ny, nx = (int(n) for n in features.shape[2:])
+        known[shape] = (nz, ny, nx)
+    return known[shape]
 
 
 def cell_peaks(grid: tuple[int, ...], geometry: CropGeometry) -> list[np.ndarray]:

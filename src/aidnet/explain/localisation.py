@@ -61,12 +61,14 @@ class Localisation:
 
 
 def _region(support: np.ndarray, shape: tuple[int, ...], margin: Sequence[int]) -> tuple:
-    """Bounding box of ``support`` grown by ``margin`` voxels per axis (clipped to ``shape``)."""
-    idx = np.nonzero(support)
-    return tuple(
-        slice(max(int(i.min()) - m, 0), min(int(i.max()) + m + 1, n))
-        for i, m, n in zip(idx, margin, shape, strict=True)
-    )
+    """Bounding box of ``support`` (not empty) grown by ``margin`` voxels per axis (clipped to
+    ``shape``); read from the mask's projection on each axis."""
+    box = []
+    for axis, (m, n) in enumerate(zip(margin, shape, strict=True)):
+        others = tuple(a for a in range(support.ndim) if a != axis)
+        hit = np.flatnonzero(support.any(axis=others))
+        box.append(slice(max(int(hit[0]) - m, 0), min(int(hit[-1]) + m + 1, n)))
+    return tuple(box)
 
 
 _SLAB_VOXELS = 1 << 24  # distance transforms run on z-slabs of about this many voxels
@@ -107,10 +109,15 @@ def nearest_distance_mm(
     point: Sequence[int], mask: np.ndarray, spacing: Sequence[float] | np.ndarray
 ) -> float:
     """Physical distance (mm) from voxel ``point`` to the nearest voxel of ``mask``; inf if none."""
-    where = np.argwhere(mask)
+    return _nearest_mm(point, np.argwhere(mask), np.asarray(spacing, dtype=np.float64))
+
+
+def _nearest_mm(point: Sequence[int], where: np.ndarray, spacing: np.ndarray) -> float:
+    """Physical distance (mm) from voxel ``point`` to the nearest of the voxels ``where``
+    (N×3 indices); inf if there are none."""
     if where.size == 0:
         return math.inf
-    delta = (where - np.asarray(point)[None]) * np.asarray(spacing, dtype=np.float64)[None]
+    delta = (where - np.asarray(point)[None]) * spacing[None]
     return float(np.sqrt((delta**2).sum(axis=1)).min())
 
 
@@ -122,16 +129,25 @@ def best_cell_hit(
 ) -> bool:
     """Whether any point of the grid ``cell_axes`` (per-axis voxel indices, see
     :func:`aidnet.explain.gradcam.cell_peaks`) lies within ``hit_radius_mm`` of coronary calcium
-    (distances between voxel centres in mm, as in the pointing game)."""
-    from scipy.spatial import cKDTree
+    (distances between voxel centres in mm, as in the pointing game).
 
+    The grid is the product of its axes, so the grid point nearest to a voxel is the nearest
+    index along each axis: exact, without listing the grid's points (a calcium head's grid is
+    the whole network input, millions of cells)."""
     coronary = np.argwhere(labels == LABEL_CORONARY)
     if coronary.size == 0:
         return False
-    scale = np.asarray(spacing, dtype=np.float64)
-    points = np.stack(np.meshgrid(*cell_axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    distance, _ = cKDTree(coronary * scale).query(points * scale, k=1)
-    return bool(np.min(distance) <= hit_radius_mm)
+    squared = np.zeros(len(coronary), dtype=np.float64)
+    for axis, (cells, step) in enumerate(zip(cell_axes, spacing, strict=True)):
+        grid = np.unique(np.asarray(cells, dtype=np.int64))
+        if grid.size == 0:
+            return False
+        where = coronary[:, axis]
+        right = np.clip(np.searchsorted(grid, where), 0, grid.size - 1)
+        left = np.clip(right - 1, 0, grid.size - 1)
+        gap = np.minimum(np.abs(grid[right] - where), np.abs(grid[left] - where))
+        squared += (gap * float(step)) ** 2
+    return bool(np.sqrt(squared.min()) <= hit_radius_mm)
 
 
 def score_maps(
@@ -153,7 +169,7 @@ def score_maps(
             raise ValueError(f"{name} map shape {heat.shape} differs from labels {labels.shape}")
         if not np.all(np.isfinite(heat)) or heat.min() < 0:
             raise ValueError(f"{name} map must be finite and non-negative")
-    coronary = labels == LABEL_CORONARY
+    coronary = np.argwhere(labels == LABEL_CORONARY)  # once for every map's peak
     support = np.zeros(labels.shape, dtype=bool)
     for heat in maps.values():
         support |= heat > 0
@@ -176,7 +192,7 @@ def score_maps(
         flat = int(np.argmax(heat))  # the first maximum in C order
         pz, py, px = (int(i) for i in np.unravel_index(flat, heat.shape))
         peak = (pz, py, px)
-        distance = nearest_distance_mm(peak, coronary, spacing_mm)
+        distance = _nearest_mm(peak, coronary, spacing_mm)
         values = heat[inner]  # a view; sums in float64
         total = float(values.sum(dtype=np.float64))
         out[name] = Localisation(

@@ -38,7 +38,7 @@ def original_maps(
 
     x = torch.from_numpy(image)[None].to(trained.device)
     maps = {
-        name: geometry.to_original(net_map).astype(np.float32)
+        name: geometry.to_original(net_map)  # float32
         for name, net_map in network_maps(trained.model, x).items()
     }
     if calcium is not None:
@@ -73,19 +73,29 @@ def as_members(trained: Trained | list[Trained]) -> list[Trained]:
 
 
 def scan_maps(
-    trained: Trained | list[Trained], cached: CachedScan, geometry: CropGeometry, volume: Volume
+    trained: Trained | list[Trained],
+    cached: CachedScan,
+    geometry: CropGeometry,
+    volume: Volume | None,
 ) -> dict[str, np.ndarray]:
-    """:func:`ensemble_maps` of a cached scan, kept on its calcium candidates (recomputed from
-    ``volume``, the scan itself): what ``explain`` writes and ``evaluate`` scores."""
+    """:func:`ensemble_maps` of a cached scan, kept on its calcium candidates (see
+    :func:`scan_calcium`): what ``explain`` writes and ``evaluate`` scores."""
     members = as_members(trained)
     return ensemble_maps(members, cached.image, geometry, scan_calcium(cached, geometry, volume))
 
 
-def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume) -> np.ndarray:
-    """The calcium candidates of a cached scan, recomputed on its original grid."""
+def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume | None) -> np.ndarray:
+    """The calcium candidates of a cached scan on its original grid: as the cache file keeps
+    them, or, in a file written before it kept them, recomputed from ``volume`` (the scan
+    itself; needed only then)."""
     from aidnet.preprocess import calcium_candidates
     from aidnet.preprocess.config import config_from_dict
 
+    kept = cached.calcium_mask()
+    if kept is not None:
+        return kept
+    if volume is None:
+        raise ValueError("this cache file keeps no calcium candidates: the scan is needed")
     config = config_from_dict(cached.config, geometry.network_shape)
     return calcium_candidates(volume, config)
 

@@ -94,7 +94,8 @@ def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> l
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
-    maps = scan_maps(trained, cached, geometry, read_volume(item.record.path))
+    volume = None if cached.calcium is not None else read_volume(item.record.path)
+    maps = scan_maps(trained, cached, geometry, volume)
     return scored_rows(trained, cached.image, item.record, maps, labels, geometry)
 
 
