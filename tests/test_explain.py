@@ -97,6 +97,26 @@ def test_integrated_gradients_add_up_to_the_score_change_and_stay_on_calcium():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_integrated_gradients_do_not_depend_on_how_the_steps_are_batched():
+    """Steps go through the network a few at a time; in eval mode each keeps its own gradient,
+    so any batch gives the one-at-a-time answer, and the model's mode is left as it was."""
+    from aidnet.explain.gradcam import integrated_gradients
+    from aidnet.models.aidnet import AIDNet
+
+    torch.manual_seed(1)
+    model = AIDNet(features=(4, 8), inter_channels=4).train()
+    x = torch.rand(1, 2, 8, 12, 16)
+    x[0, 1] = (x[0, 1] > 0.9).float()
+    one = integrated_gradients(model, x, steps=7, batch=1)
+    assert model.training
+    assert torch.any(one != 0)
+    for batch in (2, 3, 7, 16):
+        torch.testing.assert_close(
+            integrated_gradients(model, x, steps=7, batch=batch), one, rtol=1e-4, atol=1e-6
+        )
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
 def test_flat_map_is_zero_not_nan():
     cam = grad_cam(BrightSpotNet(), torch.zeros(1, 2, 8, 8, 8))
     assert np.all(cam == 0)

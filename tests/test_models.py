@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from aidnet.errors import AidnetError
 from aidnet.models import MODELS, AIDNet, Encoder3d, SoftAttentionGate3d, build_model
@@ -334,3 +335,28 @@ def test_the_peak_evidence_is_the_maps_largest_voxel_per_channel():
     assert float(logits[1][0, 1] - logits[0][0, 1]) > 0.5
     with pytest.raises(ValueError, match="evidence_pool"):
         AIDNet(evidence_pool="mean")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (1, 1, 0), (2, 2, 0)])
+def test_a_single_volume_takes_the_fast_convolution_with_the_same_result(kernel, stride, padding):
+    """Our Conv3d sends a batch of one to oneDNN (PyTorch would take its slow native kernel for
+    so small a volume) and gives nn.Conv3d's output and gradients."""
+    from aidnet.models.blocks import Conv3d
+
+    torch.manual_seed(0)
+    ours = Conv3d(8, 6, kernel_size=kernel, stride=stride, padding=padding, bias=True)
+    plain = nn.Conv3d(8, 6, kernel_size=kernel, stride=stride, padding=padding, bias=True)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 8, 6, 10, 12, requires_grad=True)
+    with torch.autograd.profiler.profile() as prof:
+        y = ours(x)
+    assert "aten::mkldnn_convolution" in {e.name for e in prof.function_events}
+    expected = plain(x)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(y.square().sum(), (x, ours.weight, ours.bias))
+    reference = torch.autograd.grad(expected.square().sum(), (x, plain.weight, plain.bias))
+    for g, r in zip(grads, reference, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4)
+    two = torch.rand(2, 8, 6, 10, 12)  # larger batches and other types: nn.Conv3d's own path
+    torch.testing.assert_close(ours(two), plain(two))

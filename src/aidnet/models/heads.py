@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aidnet.models.blocks import norm3d
+from aidnet.models.blocks import Conv3d, norm3d
 
 
 class CalciumMap3d(nn.Module):
@@ -27,11 +27,11 @@ class CalciumMap3d(nn.Module):
     def __init__(self, in_channels: tuple[int, ...], width: int = 8) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(
-            nn.Conv3d(int(c), width, kernel_size=1, bias=False) for c in in_channels
+            Conv3d(int(c), width, kernel_size=1, bias=False) for c in in_channels
         )
         self.norm = norm3d(width)
         self.refine = nn.Sequential(
-            nn.Conv3d(width, width, kernel_size=3, padding=1, bias=False), norm3d(width)
+            Conv3d(width, width, kernel_size=3, padding=1, bias=False), norm3d(width)
         )
         self.width = width
 
