@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.cohort import bench_cohort_resume, bench_cohort_workers
 from benchmarks.evaluate_workers import bench_evaluate_workers
+from benchmarks.localise import bench_localise
 from benchmarks.models import bench_models, bench_models_gpu
 from benchmarks.preprocess import bench_preprocess
 from benchmarks.startup import bench_startup
@@ -70,6 +71,7 @@ BENCHES = {
     "cohort_workers": bench_cohort_workers,
     "cohort_resume": lambda repeats: bench_cohort_resume(),
     "evaluate_workers": bench_evaluate_workers,
+    "localise": bench_localise,
     "startup": bench_startup,
 }
 

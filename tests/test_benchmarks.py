@@ -40,6 +40,36 @@ def test_evaluate_workers_benchmark_is_registered():
     assert BENCHES["evaluate_workers"] is bench_evaluate_workers
 
 
+@pytest.mark.slow
+def test_localise_benchmark_at_a_tiny_size(tmp_path):
+    out = tmp_path / "localise.json"
+    command = [sys.executable, "-m", "benchmarks.localise", "--subjects", "3", "--size", "small"]
+    command += ["--preset", "tiny", "--repeats", "1", "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["scans"] == 6 and 1 <= result["scans_scored"] <= 6
+    assert result["evaluate_with_localisation_s"]["runs"][0] > 0
+    assert result["ratio_localise_to_predict"] == pytest.approx(
+        result["localise_per_scan_s"] / result["predict_per_scan_s"]
+    )
+    single = result["single_scan"]
+    for side in ("ours", "reference_nn_conv3d_one_step_per_pass"):
+        assert single[side]["forward_s"] > 0 and single[side]["integrated_gradients_s"] > 0
+    assert single["ratio_forward"] == pytest.approx(
+        single["ours"]["forward_s"] / single["reference_nn_conv3d_one_step_per_pass"]["forward_s"]
+    )
+
+
+def test_localise_benchmark_is_registered():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.localise import bench_localise
+        from benchmarks.run import BENCHES
+    finally:
+        sys.path.remove(str(ROOT))
+    assert BENCHES["localise"] is bench_localise
+
+
 def test_stability_summary_counts_moves_per_change():
     sys.path.insert(0, str(ROOT))
     try:
