@@ -13,7 +13,6 @@ Reduced size for a smoke test::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -110,6 +109,8 @@ def bench_evaluate_workers(
 
 
 def main() -> None:
+    from benchmarks.output import emit
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--subjects", type=int, default=20, help="2 scans each")
@@ -121,11 +122,7 @@ def main() -> None:
     result = bench_evaluate_workers(
         args.repeats, subjects=args.subjects, size=args.size, preset=args.preset, device=args.device
     )
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run: python -m benchmarks.evaluate_workers

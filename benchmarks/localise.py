@@ -26,7 +26,6 @@ Reduced size for a smoke test::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -148,6 +147,8 @@ def bench_localise(
 
 
 def main() -> None:
+    from benchmarks.output import emit
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--subjects", type=int, default=4, help="2 scans each")
@@ -157,11 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the JSON here too")
     args = parser.parse_args()
     result = bench_localise(args.repeats, args.subjects, args.size, args.preset, args.seed)
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run: python -m benchmarks.localise

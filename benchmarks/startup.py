@@ -13,7 +13,6 @@ Reduced size for a smoke test::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -86,6 +85,8 @@ def bench_startup(repeats: int, image: Path | None = None, size: str = "full") -
 
 
 def main() -> None:
+    from benchmarks.output import emit
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--image", type=Path, help="CT to segment (default: see above)")
@@ -93,11 +94,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the JSON here too")
     args = parser.parse_args()
     result = bench_startup(args.repeats, image=args.image, size=args.size)
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run: python -m benchmarks.startup

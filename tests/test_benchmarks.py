@@ -30,14 +30,23 @@ def test_evaluate_workers_benchmark_at_a_tiny_size(tmp_path):
     assert result["same_predictions"] is True
 
 
-def test_evaluate_workers_benchmark_is_registered():
+@pytest.mark.parametrize(
+    "name, module, function",
+    [
+        ("evaluate_workers", "benchmarks.evaluate_workers", "bench_evaluate_workers"),
+        ("localise", "benchmarks.localise", "bench_localise"),
+    ],
+)
+def test_the_benchmark_is_registered(name, module, function):
+    import importlib
+
     sys.path.insert(0, str(ROOT))
     try:
-        from benchmarks.evaluate_workers import bench_evaluate_workers
+        bench = getattr(importlib.import_module(module), function)
         from benchmarks.run import BENCHES
     finally:
         sys.path.remove(str(ROOT))
-    assert BENCHES["evaluate_workers"] is bench_evaluate_workers
+    assert BENCHES[name] is bench
 
 
 @pytest.mark.slow
@@ -58,16 +67,6 @@ def test_localise_benchmark_at_a_tiny_size(tmp_path):
     assert single["ratio_forward"] == pytest.approx(
         single["ours"]["forward_s"] / single["reference_nn_conv3d_one_step_per_pass"]["forward_s"]
     )
-
-
-def test_localise_benchmark_is_registered():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.localise import bench_localise
-        from benchmarks.run import BENCHES
-    finally:
-        sys.path.remove(str(ROOT))
-    assert BENCHES["localise"] is bench_localise
 
 
 def test_stability_summary_counts_moves_per_change():
