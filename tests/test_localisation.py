@@ -360,6 +360,14 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     assert json.loads((again / "metrics.json").read_text())["localisation"] == saved
     assert not (again / evaluate_module.LOCALISATION_LOG).exists()
 
+    # worker processes score the maps while the network runs: the same scores, in scan order
+    parallel = tmp_path / "parallel"
+    evaluate_module.evaluate_run(
+        trained.path, manifest, parallel, cache_dir=cache, n_boot=0, workers=2
+    )
+    assert (parallel / "localisation.csv").read_text() == (out / "localisation.csv").read_text()
+    assert json.loads((parallel / "metrics.json").read_text())["localisation"] == saved
+
     # localise=False: no localisation anywhere
     off = tmp_path / "off"
     metrics = evaluate_module.evaluate_run(
@@ -368,8 +376,10 @@ def test_evaluate_scores_localisation(tmp_path, monkeypatch):
     assert "localisation" not in metrics and not (off / "localisation.csv").exists()
 
 
-def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path):
-    """A real (untrained) checkpoint through the pipeline's own loading path."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path, workers):
+    """A real (untrained) checkpoint through the pipeline's own loading path; with worker
+    processes reading the label maps, the same one line."""
     import aidnet.pipeline.evaluate as evaluate_module
     from aidnet.io.read import read_volume
     from aidnet.models.registry import build_model
@@ -387,7 +397,11 @@ def test_evaluate_refuses_a_label_map_on_another_grid(tmp_path):
     write_nifti(volume.array[1:].astype(np.uint8), volume.affine, label)
     with pytest.raises(AidnetError, match=r"P0001_scan_label\.nii\.gz: label map has shape"):
         evaluate_module.evaluate_run(
-            tmp_path / "model.pt", manifest, tmp_path / "eval", cache_dir=tmp_path / "cache"
+            tmp_path / "model.pt",
+            manifest,
+            tmp_path / "eval",
+            cache_dir=tmp_path / "cache",
+            workers=workers,
         )
 
 

@@ -345,7 +345,11 @@ def evaluate(
         None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
     ),
     workers: int = option(
-        1, "--workers", min=1, help="Processes preprocessing the scans not yet in the cache."
+        1,
+        "--workers",
+        min=1,
+        help="Processes preprocessing the scans not yet in the cache, and scoring the heat maps "
+        "on the CPU while the networks run.",
     ),
 ) -> None:
     """Predict every labelled scan of a manifest and write predictions and metrics."""

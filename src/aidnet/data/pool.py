@@ -85,28 +85,50 @@ def run_unordered(
         for item in items:
             yield fn(item)
         return
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(items)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
-        initargs=(os.getpid(),),
-    )
-    finished = False
-    try:
-        with _sigint_blocked():  # the workers start (in submit) with Ctrl-C blocked for good
-            futures = {pool.submit(fn, item): item for item in items}
+    with process_pool(min(workers, len(items))) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
         for future in as_completed(futures):
             try:
                 result = future.result()
             except Exception as exc:
                 result = lost(futures[future], exc)
             yield result
+
+
+class _Pool:
+    """A ``ProcessPoolExecutor`` whose workers start (in ``submit``) with Ctrl-C blocked."""
+
+    def __init__(self, executor) -> None:
+        self._executor = executor
+
+    def submit(self, fn, *args):
+        with _sigint_blocked():
+            return self._executor.submit(fn, *args)
+
+
+@contextmanager
+def process_pool(workers: int) -> Iterator[_Pool]:
+    """A pool of ``workers`` spawned single-threaded processes (:func:`init_worker`) for
+    ``submit``. Left normally, it waits for what was submitted; left early (an exception,
+    Ctrl-C, the caller of a generator stopping), pending work is cancelled and the workers are
+    terminated at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    before = set(multiprocessing.active_children())
+    executor = ProcessPoolExecutor(
+        max_workers=max(1, workers),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(os.getpid(),),
+    )
+    finished = False
+    try:
+        yield _Pool(executor)
         finished = True
     finally:
-        pool.shutdown(wait=finished, cancel_futures=True)
+        executor.shutdown(wait=finished, cancel_futures=True)
         if not finished:
             _stop([p for p in multiprocessing.active_children() if p not in before])
 

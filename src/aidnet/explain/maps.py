@@ -34,15 +34,27 @@ def original_maps(
     along z at the demo size), and this puts the peak on the calcium inside it rather than at
     its centre.
     """
-    from aidnet.explain.gradcam import network_maps, normalise
+    from aidnet.explain.gradcam import network_maps
 
     x = torch.from_numpy(image)[None].to(trained.device)
-    maps = {
-        name: geometry.to_original(net_map)  # float32
-        for name, net_map in network_maps(trained.model, x).items()
-    }
+    net_maps = network_maps(trained.model, x)
+    return maps_on_original(net_maps, geometry, calcium, trained.model.map_on_calcium)
+
+
+def maps_on_original(
+    net_maps: dict[str, np.ndarray],
+    geometry: CropGeometry,
+    calcium: np.ndarray | None,
+    map_on_calcium: bool,
+) -> dict[str, np.ndarray]:
+    """The CPU half of :func:`original_maps`: one network's maps on its input grid
+    (:func:`aidnet.explain.gradcam.network_maps`) → on the original grid, kept on ``calcium``
+    as described there (Grad-CAM only when the model's ``map_on_calcium``)."""
+    from aidnet.explain.gradcam import normalise
+
+    maps = {name: geometry.to_original(net_map) for name, net_map in net_maps.items()}
     if calcium is not None:
-        if trained.model.map_on_calcium:
+        if map_on_calcium:
             maps["gradcam"] = normalise(maps["gradcam"] * calcium)
         maps["integrated_gradients"] = normalise(maps["integrated_gradients"] * calcium)
         if "attention" in maps:
@@ -58,9 +70,14 @@ def ensemble_maps(
 ) -> dict[str, np.ndarray]:
     """:func:`original_maps` of one network or of a seed ensemble: for several members, each
     map all of them have, averaged and rescaled to a maximum of 1."""
+    return average_maps([original_maps(member, image, geometry, calcium) for member in members])
+
+
+def average_maps(maps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A seed ensemble's maps from its members' (each on the original grid): every map all of
+    them have, averaged and rescaled to a maximum of 1; one member's maps as they are."""
     from aidnet.explain.gradcam import normalise
 
-    maps = [original_maps(member, image, geometry, calcium) for member in members]
     if len(maps) == 1:
         return maps[0]
     shared = [name for name in maps[0] if all(name in m for m in maps)]

@@ -3,6 +3,8 @@ the rows of ``localisation.csv`` and their summary, shared by ``evaluate`` and `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +88,119 @@ def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> l
     seed ensemble (a list) its averaged maps (:func:`aidnet.explain.maps.ensemble_maps`), with
     the first member's Grad-CAM grid for the single-cell reference."""
     from aidnet.data.cache import load_cached
-    from aidnet.explain.maps import scan_maps
-    from aidnet.io.read import read_volume
 
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     labels = coronary_labels(item.record, base, geometry)
     if labels is None:
         return []
-    volume = None if cached.calcium is not None else read_volume(item.record.path)
-    maps = scan_maps(trained, cached, geometry, volume)
-    return scored_rows(trained, cached.image, item.record, maps, labels, geometry)
+    return score_network_maps(network_maps_of(trained, item, cached.image), base, labels)
+
+
+@dataclass(frozen=True)
+class NetworkMaps:
+    """What the networks give for one scan, on their input grid (small, so it travels to a
+    worker process): each member's maps, whether its Grad-CAM map is kept on the calcium, and
+    the first member's Grad-CAM grid."""
+
+    item: Item
+    maps: list[dict[str, np.ndarray]]
+    map_on_calcium: list[bool]
+    grid: tuple[int, int, int]
+
+
+def network_maps_of(trained: Trained | list[Trained], item: Item, image: np.ndarray) -> NetworkMaps:
+    """The network half of :func:`localise_item` (on the models' device)."""
+    from aidnet.explain.gradcam import feature_grid, network_maps
+    from aidnet.explain.maps import as_members
+
+    members = as_members(trained)
+    maps, flags = [], []
+    for member in members:
+        x = torch.from_numpy(image)[None].to(member.device)
+        maps.append(network_maps(member.model, x))
+        flags.append(bool(member.model.map_on_calcium))
+    first = members[0]
+    grid = feature_grid(first.model, torch.from_numpy(image)[None].to(first.device))
+    return NetworkMaps(item, maps, flags, grid)
+
+
+def score_network_maps(
+    net: NetworkMaps, base: Path, labels: np.ndarray | None = None
+) -> list[dict]:
+    """The CPU half of :func:`localise_item`: the maps on the scan's own grid, kept on its
+    calcium candidates, averaged over the members and scored against the label map (read
+    here unless given); [] without coronary calcium labels. Runs in any process."""
+    from aidnet.data.cache import load_cached
+    from aidnet.explain.maps import average_maps, maps_on_original, scan_calcium
+    from aidnet.io.read import read_volume
+
+    cached = load_cached(net.item.cache)
+    geometry = CropGeometry.from_dict(cached.geometry)
+    if labels is None:
+        labels = coronary_labels(net.item.record, base, geometry)
+        if labels is None:
+            return []
+    volume = None if cached.calcium is not None else read_volume(net.item.record.path)
+    calcium = scan_calcium(cached, geometry, volume)
+    maps = average_maps(
+        [
+            maps_on_original(m, geometry, calcium, on_calcium)
+            for m, on_calcium in zip(net.maps, net.map_on_calcium, strict=True)
+        ]
+    )
+    return localisation_rows(net.item.record, maps, labels, geometry, net.grid)
+
+
+def has_coronary_labels(job: tuple[Item, Path]) -> bool:
+    """Whether a scan's label map holds coronary calcium (runs in any process)."""
+    from aidnet.data.cache import load_cached
+
+    item, base = job
+    geometry = CropGeometry.from_dict(load_cached(item.cache).geometry)
+    return coronary_labels(item.record, base, geometry) is not None
+
+
+def _score_job(job: tuple[NetworkMaps, Path]) -> tuple[str, list[dict]]:
+    net, base = job
+    return net.item.record.key, score_network_maps(net, base)
+
+
+def localise_items(
+    trained: Trained | list[Trained], items: list[Item], base: Path, workers: int = 1
+) -> Iterator[tuple[Item, list[dict]]]:
+    """(item, :func:`localise_item` rows) for every item, in completion order.
+
+    With ``workers`` > 1 the work on the CPU — reading the label maps, the maps on each
+    scan's full grid, the scores — runs in that many worker processes while this process
+    runs the networks, one scan after another, on their device; each scan's maps go to a
+    worker as soon as they are made. The rows are the same either way."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, localise_item(trained, item, base)
+        return
+    from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
+
+    from aidnet.data.cache import load_cached
+    from aidnet.data.pool import process_pool
+
+    by_key = {item.record.key: item for item in items}
+    with process_pool(workers) as pool:
+        checks = [pool.submit(has_coronary_labels, (item, base)) for item in items]
+        pending: set[Future] = set()
+        for item, check in zip(items, checks, strict=True):
+            if not check.result():
+                yield item, []
+                continue
+            net = network_maps_of(trained, item, load_cached(item.cache).image)
+            pending.add(pool.submit(_score_job, (net, base)))
+            done, pending = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+            for future in done:
+                key, rows = future.result()
+                yield by_key[key], rows
+        for future in as_completed(pending):
+            key, rows = future.result()
+            yield by_key[key], rows
 
 
 def localisation_summary(rows: list[dict]) -> dict:

@@ -47,7 +47,10 @@ def evaluate_run(
     so when they were trained with mixed precision (``metrics["precision"]`` says which); the
     heat maps are computed in float32 either way.
 
-    Scans not yet in the cache are preprocessed in ``workers`` processes; without
+    Scans not yet in the cache are preprocessed in ``workers`` processes, and the
+    localisation's work on the CPU (each scan's maps on its full grid, the scores) runs in as
+    many while the networks make the next scan's maps (:func:`aidnet.explain.scoring.
+    localise_items`; the same scores as with one); without
     ``cache_dir`` the cache the run's training filled is used
     (:func:`aidnet.pipeline.common.default_cache_dir`).
 
@@ -70,7 +73,7 @@ def evaluate_run(
         write_predictions_csv,
     )
     from aidnet.explain.localisation import write_localisation_csv
-    from aidnet.explain.scoring import localisation_summary, localise_item
+    from aidnet.explain.scoring import localisation_summary, localise_items
     from aidnet.inference import PREDICT_BATCH, predict_items
     from aidnet.pipeline.resume import ScanLog, ensemble_context, rows_from_json, rows_to_json
     from aidnet.training.precision import check_bf16
@@ -88,15 +91,26 @@ def evaluate_run(
     # localisation first: a label map that does not fit its scan stops before any output
     context = ensemble_context("localise", [m.path for m in members])
     log = ScanLog(out / LOCALISATION_LOG, context, manifest.parent)
-    loc_rows: list[dict] = []
-    for item in tqdm(items if localise else [], desc="localise", unit="scan", disable=None):
+    rows_of: dict[str, list[dict]] = {}
+    todo = []
+    for item in items if localise else []:
         logged = log.get(item)
         if logged is None:
-            rows = localise_item(members, item, manifest.parent)
-            log.add(item, rows_to_json(rows))
+            todo.append(item)
         else:
-            rows = rows_from_json(logged)
-        loc_rows += rows
+            rows_of[item.record.key] = rows_from_json(logged)
+    with tqdm(
+        total=len(rows_of) + len(todo),
+        initial=len(rows_of),
+        desc="localise",
+        unit="scan",
+        disable=None if localise else True,
+    ) as progress:
+        for item, rows in localise_items(members, todo, manifest.parent, workers=workers):
+            log.add(item, rows_to_json(rows))
+            rows_of[item.record.key] = rows
+            progress.update()
+    loc_rows = [row for item in items for row in rows_of.get(item.record.key, [])]
     probs = np.mean(
         [
             predict_items(
