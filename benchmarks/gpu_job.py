@@ -56,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     parser.add_argument(
-        "--workers", type=int, default=16, help="processes writing the phantom and preprocessing"
+        "--workers",
+        type=int,
+        default=16,
+        help="processes writing the phantom, preprocessing and scoring heat maps",
     )
     parser.add_argument(
         "--loader-workers",
