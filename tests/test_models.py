@@ -360,3 +360,12 @@ def test_a_single_volume_takes_the_fast_convolution_with_the_same_result(kernel,
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4)
     two = torch.rand(2, 8, 6, 10, 12)  # larger batches and other types: nn.Conv3d's own path
     torch.testing.assert_close(ours(two), plain(two))
+
+
+def test_a_single_volume_under_bfloat16_autocast_keeps_pytorchs_own_path():
+    from aidnet.models.blocks import Conv3d
+
+    conv = Conv3d(4, 4, kernel_size=3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(torch.rand(1, 4, 4, 6, 8))
+    assert y.dtype == torch.bfloat16

@@ -27,6 +27,7 @@ class Conv3d(nn.Conv3d):
             and weight.dtype == torch.float32
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")  # bfloat16 autocast casts in conv3d
             and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled
         ):
