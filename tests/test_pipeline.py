@@ -166,6 +166,19 @@ def test_explain_writes_maps_on_the_original_grid(run, cohort, tmp_path):
     assert (tmp_path / f"{record.key}_gradcam.png").stat().st_size > 1000
 
 
+def test_explain_with_workers_writes_the_same_maps(run, cohort, tmp_path):
+    """Worker processes write the files while the network runs: the same maps, in scan order."""
+    from aidnet.io.read import read_volume
+
+    one = explain_manifest(run, cohort, tmp_path / "one", limit=3)
+    two = explain_manifest(run, cohort, tmp_path / "two", limit=3, workers=2)
+    assert [w["key"] for w in two] == [w["key"] for w in one]
+    for a, b in zip(one, two, strict=True):
+        assert set(a) == set(b)
+        for name in ("gradcam", "attention"):
+            assert np.array_equal(read_volume(a[name]).array, read_volume(b[name]).array)
+
+
 def test_explain_resumes_after_a_kill(run, cohort, tmp_path, monkeypatch):
     """Killed after its first scan, explain run again computes only the rest; a scan whose map
     file was deleted meanwhile is computed again."""

@@ -423,7 +423,11 @@ def explain(
         None, "--device", help="cpu, cuda, cuda:1 …; default: the GPU when there is one."
     ),
     workers: int = option(
-        1, "--workers", min=1, help="Processes preprocessing the scans not yet in the cache."
+        1,
+        "--workers",
+        min=1,
+        help="Processes preprocessing the scans not yet in the cache, and writing the maps' "
+        "files while the networks run.",
     ),
 ) -> None:
     """Grad-CAM (and SAG attention) heat maps on each scan's own grid, as NIfTI and PNG."""

@@ -89,18 +89,6 @@ def as_members(trained: Trained | list[Trained]) -> list[Trained]:
     return trained if isinstance(trained, list) else [trained]
 
 
-def scan_maps(
-    trained: Trained | list[Trained],
-    cached: CachedScan,
-    geometry: CropGeometry,
-    volume: Volume | None,
-) -> dict[str, np.ndarray]:
-    """:func:`ensemble_maps` of a cached scan, kept on its calcium candidates (see
-    :func:`scan_calcium`): what ``explain`` writes and ``evaluate`` scores."""
-    members = as_members(trained)
-    return ensemble_maps(members, cached.image, geometry, scan_calcium(cached, geometry, volume))
-
-
 def scan_calcium(cached: CachedScan, geometry: CropGeometry, volume: Volume | None) -> np.ndarray:
     """The calcium candidates of a cached scan on its original grid: as the cache file keeps
     them, or, in a file written before it kept them, recomputed from ``volume`` (the scan

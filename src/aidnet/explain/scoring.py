@@ -3,9 +3,10 @@ the rows of ``localisation.csv`` and their summary, shared by ``evaluate`` and `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from aidnet.inference import Trained
 from aidnet.preprocess.geometry import CropGeometry
 
 LABEL_COLUMN = "label_path"
+R = TypeVar("R")
 
 
 def label_path_of(record: ScanRecord, base: Path) -> Path | None:
@@ -63,24 +65,6 @@ def localisation_rows(
         {**csv_row(record.subject, record.visit, name, score), "score": score}
         for name, score in scores.items()
     ]
-
-
-def scored_rows(
-    trained: Trained | list[Trained],
-    image: np.ndarray,
-    record: ScanRecord,
-    maps: dict[str, np.ndarray],
-    labels: np.ndarray,
-    geometry: CropGeometry,
-) -> list[dict]:
-    """:func:`localisation_rows` with Grad-CAM's grid taken from the model on ``image`` (for a
-    seed ensemble, its first member's)."""
-    from aidnet.explain.gradcam import feature_grid
-    from aidnet.explain.maps import as_members
-
-    first = as_members(trained)[0]
-    grid = feature_grid(first.model, torch.from_numpy(image)[None].to(first.device))
-    return localisation_rows(record, maps, labels, geometry, grid)
 
 
 def localise_item(trained: Trained | list[Trained], item: Item, base: Path) -> list[dict]:
@@ -161,46 +145,62 @@ def has_coronary_labels(job: tuple[Item, Path]) -> bool:
     return coronary_labels(item.record, base, geometry) is not None
 
 
-def _score_job(job: tuple[NetworkMaps, Path]) -> tuple[str, list[dict]]:
+def _score_job(job: tuple[NetworkMaps, Path]) -> list[dict]:
     net, base = job
-    return net.item.record.key, score_network_maps(net, base)
+    return score_network_maps(net, base)
 
 
 def localise_items(
     trained: Trained | list[Trained], items: list[Item], base: Path, workers: int = 1
 ) -> Iterator[tuple[Item, list[dict]]]:
-    """(item, :func:`localise_item` rows) for every item, in completion order.
-
-    With ``workers`` > 1 the work on the CPU — reading the label maps, the maps on each
-    scan's full grid, the scores — runs in that many worker processes while this process
-    runs the networks, one scan after another, on their device; each scan's maps go to a
-    worker as soon as they are made. The rows are the same either way."""
+    """(item, :func:`localise_item` rows) for every item, in completion order; with
+    ``workers`` > 1 as :func:`maps_then_cpu` runs it, the rows the same either way."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
             yield item, localise_item(trained, item, base)
         return
+    yield from maps_then_cpu(
+        trained, items, _score_job, base, workers, wanted=has_coronary_labels, unwanted=[]
+    )
+
+
+def maps_then_cpu(
+    trained: Trained | list[Trained],
+    items: list[Item],
+    cpu_job: Callable[[tuple[NetworkMaps, Any]], R],
+    extra: Any,
+    workers: int,
+    wanted: Callable[[tuple[Item, Any]], bool] | None = None,
+    unwanted: Any = None,
+) -> Iterator[tuple[Item, R]]:
+    """(item, ``cpu_job((maps, extra))``) for every item, in completion order, where ``maps``
+    are the item's :class:`NetworkMaps`.
+
+    This process runs the networks on their device, one scan after another, and hands each
+    scan's maps to a pool of ``workers`` processes as soon as they are made: there the work on
+    the CPU (maps on the scan's full grid, files, scores) runs while the networks make the
+    next scan's. With ``wanted`` (run in the pool first, on ``(item, extra)``) an item it
+    refuses gets ``unwanted`` and no network pass. The first error raised in a worker stops
+    the run (pending work cancelled, workers ended) and is raised here."""
     from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 
     from aidnet.data.cache import load_cached
     from aidnet.data.pool import process_pool
 
-    by_key = {item.record.key: item for item in items}
     with process_pool(workers) as pool:
-        checks = [pool.submit(has_coronary_labels, (item, base)) for item in items]
-        pending: set[Future] = set()
+        checks = [pool.submit(wanted, (item, extra)) if wanted else None for item in items]
+        pending: dict[Future, Item] = {}
         for item, check in zip(items, checks, strict=True):
-            if not check.result():
-                yield item, []
+            if check is not None and not check.result():
+                yield item, unwanted
                 continue
             net = network_maps_of(trained, item, load_cached(item.cache).image)
-            pending.add(pool.submit(_score_job, (net, base)))
-            done, pending = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+            pending[pool.submit(cpu_job, (net, extra))] = item
+            done, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
             for future in done:
-                key, rows = future.result()
-                yield by_key[key], rows
-        for future in as_completed(pending):
-            key, rows = future.result()
-            yield by_key[key], rows
+                yield pending.pop(future), future.result()
+        for future in as_completed(list(pending)):
+            yield pending.pop(future), future.result()
 
 
 def localisation_summary(rows: list[dict]) -> dict:

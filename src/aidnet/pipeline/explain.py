@@ -7,12 +7,19 @@ The path from a cached scan to its maps and their scores is shared with ``evalua
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from aidnet.data.cache import load_cached
 from aidnet.data.datasets import Item
-from aidnet.explain.maps import scan_maps, write_maps
-from aidnet.explain.scoring import coronary_labels, scored_rows
+from aidnet.explain.maps import average_maps, maps_on_original, scan_calcium, write_maps
+from aidnet.explain.scoring import (
+    NetworkMaps,
+    coronary_labels,
+    localisation_rows,
+    maps_then_cpu,
+    network_maps_of,
+)
 from aidnet.pipeline.common import (
     Trained,
     cached_items,
@@ -31,20 +38,51 @@ def explain_item(
     (under ``localisation``). For a seed ensemble (a list) its members' averaged maps
     (:func:`aidnet.explain.maps.ensemble_maps`), scored on the first member's Grad-CAM grid, as
     ``evaluate`` does."""
+    net = network_maps_of(trained, item, load_cached(item.cache).image)
+    return write_explained((net, (out, base)))
+
+
+def write_explained(job: tuple[NetworkMaps, tuple[Path, Path | None]]) -> dict:
+    """The CPU half of :func:`explain_item` (any process): the networks' maps of one scan
+    on its own grid, kept on its calcium candidates, averaged over the members, written, and
+    scored when ``base`` is given and the scan has coronary calcium labels."""
     from aidnet.io.read import read_volume
 
+    net, (out, base) = job
+    item = net.item
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     volume = read_volume(item.record.path)
-    maps = scan_maps(trained, cached, geometry, volume)
+    calcium = scan_calcium(cached, geometry, volume)
+    maps = average_maps(
+        [
+            maps_on_original(m, geometry, calcium, on_calcium)
+            for m, on_calcium in zip(net.maps, net.map_on_calcium, strict=True)
+        ]
+    )
     key = item.record.key
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
     if labels is not None:
-        written["localisation"] = scored_rows(
-            trained, cached.image, item.record, maps, labels, geometry
-        )
+        written["localisation"] = localisation_rows(item.record, maps, labels, geometry, net.grid)
     return written
+
+
+def explain_items(
+    trained: Trained | list[Trained],
+    items: list[Item],
+    out: Path,
+    base: Path | None,
+    workers: int = 1,
+) -> Iterator[tuple[Item, dict]]:
+    """(item, :func:`explain_item` result) for every item, in completion order; with
+    ``workers`` > 1 the files and scores are made in worker processes while the networks run
+    (:func:`aidnet.explain.scoring.maps_then_cpu`), with the same results."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, explain_item(trained, item, out, base=base)
+        return
+    yield from maps_then_cpu(trained, items, write_explained, (out, base), workers)
 
 
 def explain_manifest(
@@ -66,7 +104,8 @@ def explain_manifest(
 
     The network and its heat maps run on ``device`` (see :func:`aidnet.pipeline.evaluate_run`);
     scans not yet in the cache (without ``cache_dir``: the one the run's training filled) are
-    preprocessed in ``workers`` processes.
+    preprocessed in ``workers`` processes, and as many write the maps' files and scores while
+    the networks make the next scan's maps (:func:`explain_items`).
 
     Resumable: each finished scan is logged in ``out/.explain-progress.jsonl`` (see
     :mod:`aidnet.pipeline.resume`); run again after a kill, the scans whose maps are all there
@@ -90,13 +129,22 @@ def explain_manifest(
     items, failures = cached_items(records, members[0], cache_dir, out, workers=workers)
     context = ensemble_context("explain", [m.path for m in members])
     log = ScanLog(out / EXPLAIN_LOG, context, manifest.parent)
-    written = []
-    for item in tqdm(items, desc="explain", unit="scan", disable=None):
+    done: dict[str, dict] = {}
+    todo = []
+    for item in items:
         entry = _from_log(log.get(item))
         if entry is None:
-            entry = explain_item(members, item, out, base=manifest.parent)
+            todo.append(item)
+        else:
+            done[item.record.key] = entry
+    with tqdm(
+        total=len(items), initial=len(done), desc="explain", unit="scan", disable=None
+    ) as progress:
+        for item, entry in explain_items(members, todo, out, manifest.parent, workers):
             log.add(item, _to_log(entry))
-        written.append(entry)
+            done[item.record.key] = entry
+            progress.update()
+    written = [done[item.record.key] for item in items]
     rows = [row for w in written for row in w.get("localisation", [])]
     if rows:
         write_localisation_csv(out / "localisation.csv", rows)
