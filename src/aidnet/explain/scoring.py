@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from aidnet.data.cache import CachedScan
 from aidnet.data.datasets import Item
 from aidnet.data.manifest import ScanRecord
 from aidnet.inference import Trained
+from aidnet.io.volume import Volume
 from aidnet.preprocess.geometry import CropGeometry
 
 LABEL_COLUMN = "label_path"
@@ -116,7 +118,6 @@ def score_network_maps(
     calcium candidates, averaged over the members and scored against the label map (read
     here unless given); [] without coronary calcium labels. Runs in any process."""
     from aidnet.data.cache import load_cached
-    from aidnet.explain.maps import average_maps, maps_on_original, scan_calcium
     from aidnet.io.read import read_volume
 
     cached = load_cached(net.item.cache)
@@ -126,14 +127,24 @@ def score_network_maps(
         if labels is None:
             return []
     volume = None if cached.calcium is not None else read_volume(net.item.record.path)
+    maps = maps_of_scan(net, cached, geometry, volume)
+    return localisation_rows(net.item.record, maps, labels, geometry, net.grid)
+
+
+def maps_of_scan(
+    net: NetworkMaps, cached: CachedScan, geometry: CropGeometry, volume: Volume | None
+) -> dict[str, np.ndarray]:
+    """The networks' maps of one scan on its own grid, kept on its calcium candidates (from
+    the cache file, or recomputed from ``volume``) and averaged over the members."""
+    from aidnet.explain.maps import average_maps, maps_on_original, scan_calcium
+
     calcium = scan_calcium(cached, geometry, volume)
-    maps = average_maps(
+    return average_maps(
         [
             maps_on_original(m, geometry, calcium, on_calcium)
             for m, on_calcium in zip(net.maps, net.map_on_calcium, strict=True)
         ]
     )
-    return localisation_rows(net.item.record, maps, labels, geometry, net.grid)
 
 
 def has_coronary_labels(job: tuple[Item, Path]) -> bool:

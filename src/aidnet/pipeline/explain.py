@@ -12,11 +12,12 @@ from pathlib import Path
 
 from aidnet.data.cache import load_cached
 from aidnet.data.datasets import Item
-from aidnet.explain.maps import average_maps, maps_on_original, scan_calcium, write_maps
+from aidnet.explain.maps import write_maps
 from aidnet.explain.scoring import (
     NetworkMaps,
     coronary_labels,
     localisation_rows,
+    maps_of_scan,
     maps_then_cpu,
     network_maps_of,
 )
@@ -53,13 +54,7 @@ def write_explained(job: tuple[NetworkMaps, tuple[Path, Path | None]]) -> dict:
     cached = load_cached(item.cache)
     geometry = CropGeometry.from_dict(cached.geometry)
     volume = read_volume(item.record.path)
-    calcium = scan_calcium(cached, geometry, volume)
-    maps = average_maps(
-        [
-            maps_on_original(m, geometry, calcium, on_calcium)
-            for m, on_calcium in zip(net.maps, net.map_on_calcium, strict=True)
-        ]
-    )
+    maps = maps_of_scan(net, cached, geometry, volume)
     key = item.record.key
     written: dict = {"key": key, **write_maps(maps, geometry, volume, out, key)}
     labels = None if base is None else coronary_labels(item.record, base, geometry)
