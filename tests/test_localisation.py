@@ -482,3 +482,36 @@ def test_best_cell_hit_agrees_with_every_grid_point_measured():
         assert best_cell_hit(axes, labels, spacing) == expected
         agreed[expected] += 1
     assert min(agreed.values()) > 20  # both answers were tried
+
+
+def test_a_worker_that_dies_is_one_line_naming_the_scan(monkeypatch, tmp_path):
+    """A worker killed mid-scan (the out-of-memory killer, say) stops the run with one
+    AidnetError naming that scan, not a pool traceback."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import aidnet.data.cache as cache_module
+    import aidnet.data.pool as pool_module
+    import aidnet.explain.scoring as scoring_module
+    from aidnet.data.datasets import Item
+    from aidnet.data.manifest import ScanRecord
+
+    class DyingPool:
+        def submit(self, fn, *args):
+            future: Future = Future()
+            future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+            return future
+
+    @contextmanager
+    def dying_pool(workers):
+        yield DyingPool()
+
+    monkeypatch.setattr(pool_module, "process_pool", dying_pool)
+    monkeypatch.setattr(cache_module, "load_cached", lambda path: SimpleNamespace(image=None))
+    monkeypatch.setattr(scoring_module, "network_maps_of", lambda trained, item, image: None)
+    record = ScanRecord(subject="P1", visit="scan", path=tmp_path / "P1.nii.gz", agatston=5.0)
+    items = [Item(record, tmp_path / "P1.npz"), Item(record, tmp_path / "P1b.npz")]
+    with pytest.raises(AidnetError, match=r"P1\.nii\.gz: a worker process stopped"):
+        list(scoring_module.maps_then_cpu(None, items, len, None, workers=2))

@@ -101,13 +101,10 @@ def network_maps_of(trained: Trained | list[Trained], item: Item, image: np.ndar
     from aidnet.explain.maps import as_members
 
     members = as_members(trained)
-    maps, flags = [], []
-    for member in members:
-        x = torch.from_numpy(image)[None].to(member.device)
-        maps.append(network_maps(member.model, x))
-        flags.append(bool(member.model.map_on_calcium))
-    first = members[0]
-    grid = feature_grid(first.model, torch.from_numpy(image)[None].to(first.device))
+    inputs = [torch.from_numpy(image)[None].to(member.device) for member in members]
+    maps = [network_maps(m.model, x) for m, x in zip(members, inputs, strict=True)]
+    flags = [bool(member.model.map_on_calcium) for member in members]
+    grid = feature_grid(members[0].model, inputs[0])
     return NetworkMaps(item, maps, flags, grid)
 
 
@@ -202,16 +199,33 @@ def maps_then_cpu(
         checks = [pool.submit(wanted, (item, extra)) if wanted else None for item in items]
         pending: dict[Future, Item] = {}
         for item, check in zip(items, checks, strict=True):
-            if check is not None and not check.result():
+            if check is not None and not _result(check, item):
                 yield item, unwanted
                 continue
             net = network_maps_of(trained, item, load_cached(item.cache).image)
             pending[pool.submit(cpu_job, (net, extra))] = item
             done, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
             for future in done:
-                yield pending.pop(future), future.result()
+                item_done = pending.pop(future)
+                yield item_done, _result(future, item_done)
         for future in as_completed(list(pending)):
-            yield pending.pop(future), future.result()
+            item_done = pending.pop(future)
+            yield item_done, _result(future, item_done)
+
+
+def _result(future, item: Item):
+    """A worker's result; a worker that died (killed, out of memory) is one clear error."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from aidnet.errors import AidnetError
+
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise AidnetError(
+            f"{item.record.path}: a worker process stopped (killed, or out of memory?) while "
+            "working on this scan; finished scans are kept: re-run, with fewer --workers"
+        ) from None
 
 
 def localisation_summary(rows: list[dict]) -> dict:
