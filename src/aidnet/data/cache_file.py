@@ -32,14 +32,20 @@ class CachedScan:
     def calcium_mask(self) -> np.ndarray | None:
         """The calcium candidates on the scan's whole (canonical) grid, bool; None when the
         file predates them."""
+        from aidnet.preprocess.sample import on_original_grid
+
         if self.calcium is None:
             return None
-        z0, z1, y0, y1, x0, x1 = (int(v) for v in self.geometry["crop_box"])
-        crop = np.zeros((z1 - z0) * (y1 - y0) * (x1 - x0), dtype=bool)
-        crop[self.calcium] = True
-        out = np.zeros(tuple(int(n) for n in self.geometry["original_shape"]), dtype=bool)
-        out[z0:z1, y0:y1, x0:x1] = crop.reshape(z1 - z0, y1 - y0, x1 - x0)
-        return out
+        box = tuple(int(v) for v in self.geometry["crop_box"])
+        crop = np.zeros(_crop_shape(self.geometry), dtype=bool)
+        crop.flat[self.calcium] = True
+        shape = tuple(int(n) for n in self.geometry["original_shape"])
+        return on_original_grid(crop, box, shape)  # type: ignore[arg-type]
+
+
+def _crop_shape(geometry: dict) -> tuple[int, int, int]:
+    z0, z1, y0, y1, x0, x1 = (int(v) for v in geometry["crop_box"])
+    return z1 - z0, y1 - y0, x1 - x0
 
 
 def temp_suffix(suffix: str) -> str:
@@ -114,8 +120,7 @@ def load_cached(path: Path) -> CachedScan:
 
 
 def _check_calcium(calcium: np.ndarray, geometry: dict) -> None:
-    z0, z1, y0, y1, x0, x1 = (int(v) for v in geometry["crop_box"])
-    size = (z1 - z0) * (y1 - y0) * (x1 - x0)
+    size = int(np.prod(_crop_shape(geometry)))
     if calcium.ndim != 1 or (calcium.size and (calcium.min() < 0 or calcium.max() >= size)):
         raise ValueError("its calcium candidates do not fit its crop box")
 
